@@ -1,0 +1,228 @@
+"""One typed project config: YAML values, command-line overrides, all errors at once.
+
+`load_config(path, overrides)` is the only entry point the CLI needs. Errors carry
+the YAML file:line and the dotted key path so a person can find them.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field, ValidationError
+
+from tuneline.config.base import Section
+from tuneline.config.data import DataConfig, SourceConfig
+from tuneline.config.evaluate import EvalConfig, RegistryConfig, TrackingConfig
+from tuneline.config.model import ModelConfig
+from tuneline.config.template import TemplateConfig, TokenizeConfig
+from tuneline.config.train import LoraConfig, PreferenceConfig, ResourcesConfig, TrainConfig
+from tuneline.errors import ConfigError, Problem
+
+__all__ = [
+    "ProjectConfig",
+    "ModelConfig",
+    "DataConfig",
+    "SourceConfig",
+    "TemplateConfig",
+    "TokenizeConfig",
+    "TrainConfig",
+    "LoraConfig",
+    "PreferenceConfig",
+    "ResourcesConfig",
+    "EvalConfig",
+    "RegistryConfig",
+    "TrackingConfig",
+    "load_config",
+    "parse_override",
+]
+
+
+class ProjectConfig(Section):
+    name: str = Field(default="tuneline", description="Run/pipeline name prefix.")
+    model: ModelConfig
+    data: DataConfig
+    template: TemplateConfig = Field(default_factory=TemplateConfig)
+    tokenize: TokenizeConfig = Field(default_factory=TokenizeConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    # Directory relative paths in the config resolve against (the config file's project root).
+    base_dir: str = Field(default=".", exclude=True, description="Set by the loader.")
+
+    def resolve_path(self, p: str) -> str:
+        """Relative paths are relative to base_dir; hub names and absolute paths pass through."""
+        path = Path(p).expanduser()
+        if path.is_absolute():
+            return str(path)
+        cand = Path(self.base_dir) / path
+        return str(cand)
+
+
+def _line_index(text: str) -> dict[tuple[str, ...], int]:
+    """Map each key path in the YAML to its 1-based line, so errors can point at it."""
+    index: dict[tuple[str, ...], int] = {}
+
+    def walk(node: Any, path: tuple[str, ...]) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                key = (*path, str(k.value))
+                index[key] = k.start_mark.line + 1
+                walk(v, key)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, v in enumerate(node.value):
+                key = (*path, str(i))
+                index[key] = v.start_mark.line + 1
+                walk(v, key)
+
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError:
+        return index
+    walk(root, ())
+    return index
+
+
+def parse_override(expr: str) -> tuple[list[str], Any]:
+    """`train.learning_rate=1e-4` -> (['train', 'learning_rate'], 1e-4), value parsed as YAML."""
+    if "=" not in expr:
+        raise ConfigError([Problem(f"--set {expr}", "expected dotted.key=value, e.g. train.max_steps=10")])
+    key, raw = expr.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError([Problem(f"--set {expr}", "empty key; expected dotted.key=value")])
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    # YAML reads 1e-4 as a string (no dot); the schema decides the type, so try float here.
+    if isinstance(value, str):
+        try:
+            value = float(value) if any(c in value for c in "eE.") else value
+        except ValueError:
+            pass
+    return key.split("."), value
+
+
+def _apply_override(data: dict[str, Any], path: list[str], value: Any) -> None:
+    node: Any = data
+    for part in path[:-1]:
+        if isinstance(node, list):
+            node = node[int(part)]
+            continue
+        if not isinstance(node.get(part), (dict, list)):
+            node[part] = {}
+        node = node[part]
+    if isinstance(node, list):
+        node[int(path[-1])] = value
+    else:
+        node[path[-1]] = value
+
+
+def _model_for(path: tuple[Any, ...]) -> type[Section] | None:
+    """Walk the schema along a key path to find which model holds its last key."""
+    model: Any = ProjectConfig
+    for part in path[:-1]:
+        if isinstance(part, int):
+            continue
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return None
+        ann = field.annotation
+        nested = _section_in(ann)
+        if nested is None:
+            return None
+        model = nested
+    return model
+
+
+def _section_in(ann: Any) -> type[Section] | None:
+    import typing
+
+    if isinstance(ann, type) and issubclass(ann, Section):
+        return ann
+    for arg in typing.get_args(ann):
+        found = _section_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _problems_from(err: ValidationError, lines: dict[tuple[str, ...], int], source: str) -> list[Problem]:
+    problems = []
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        # Drop pydantic's union-branch labels like "list[str]" from the path.
+        loc = tuple(p for p in loc if isinstance(p, int) or not any(c in str(p) for c in "[]()"))
+        dotted = ".".join(str(p) for p in loc) or "(top level)"
+        line = None
+        for cut in range(len(loc), 0, -1):
+            line = lines.get(tuple(str(p) for p in loc[:cut]))
+            if line:
+                break
+        where = f"{source}:{line} {dotted}" if line else dotted
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            model = _model_for(loc)
+            known = list(getattr(model, "model_fields", {}).keys()) if model else []
+            known = [k for k in known if k != "base_dir"]
+            close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+            msg = f"unknown key '{loc[-1]}'"
+            msg += f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(known)}"
+        elif e["type"] == "missing":
+            msg = "required key is missing"
+        elif "input" in e and e["type"] not in ("extra_forbidden",):
+            msg = f"{msg} (got {e['input']!r})"
+        problems.append(Problem(where, msg))
+    return problems
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    *,
+    data: dict[str, Any] | None = None,
+) -> ProjectConfig:
+    """Load YAML (or a dict), apply `--set` overrides, validate, report every problem at once."""
+    overrides = overrides or []
+    lines: dict[tuple[str, ...], int] = {}
+    source = "<config>"
+    base_dir = Path.cwd()
+    if path is not None:
+        p = Path(path)
+        source = str(path)
+        if not p.is_file():
+            raise ConfigError([Problem(str(path), "config file not found; pass --config PATH to a YAML file")])
+        text = p.read_text(encoding="utf-8")
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f"{source}:{mark.line + 1}" if mark else source
+            raise ConfigError([Problem(where, f"not valid YAML: {getattr(e, 'problem', e)}")]) from e
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError([Problem(source, "top level must be a mapping of sections (model:, data:, ...)")])
+        data = loaded
+        lines = _line_index(text)
+        # Paths in a config resolve against the project root: the parent of configs/.
+        base_dir = p.resolve().parent
+        if base_dir.name == "configs":
+            base_dir = base_dir.parent
+    data = dict(data or {})
+    for expr in overrides:
+        keys, value = parse_override(expr)
+        try:
+            _apply_override(data, keys, value)
+        except (IndexError, ValueError, AttributeError, TypeError) as e:
+            raise ConfigError([Problem(f"--set {expr}", f"cannot set this key: {e}")]) from e
+    data.setdefault("base_dir", str(base_dir))
+    try:
+        return ProjectConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_problems_from(e, lines, source), source=source) from e

@@ -1,0 +1,36 @@
+"""`template:` and `tokenize:` sections: prompt format and loss masking."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from tuneline.config.base import Section
+
+
+class TemplateConfig(Section):
+    name: Literal["auto", "tokenizer", "chatml", "llama-3", "zephyr", "alpaca"] = Field(
+        default="auto",
+        description="auto: the tokenizer's own chat template, else chatml. 'tokenizer' requires one.",
+    )
+    jinja_path: str | None = Field(default=None, description="User jinja chat template file.")
+    system_prompt: str | None = None
+
+    @model_validator(mode="after")
+    def _not_both(self) -> TemplateConfig:
+        if self.jinja_path and self.name not in ("auto",):
+            raise ValueError("set template.name or template.jinja_path, not both")
+        return self
+
+
+class TokenizeConfig(Section):
+    max_length: int = Field(default=1024, gt=8)
+    train_on: Literal["all_assistant", "last_assistant"] = "all_assistant"
+    train_on_inputs: bool = Field(default=False, description="Supervise prompts too (no masking).")
+    overflow: Literal["truncate", "drop", "error"] = "truncate"
+    packing: bool = False
+    allow_special_tokens_in_text: bool = Field(
+        default=False, description="Let literal special-token strings in data become control tokens."
+    )
+    num_proc: int | None = None

@@ -1,0 +1,96 @@
+"""Loading tokenizers and models from hub names, local directories or a config.
+
+Hub names work for users with internet; tests and the offline demo use local
+directories or `model.from_config`. `trust_remote_code` is only ever what the
+config says, and weights are read and written as safetensors only.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from tuneline.config import ModelConfig
+from tuneline.errors import ConfigError, Problem
+
+
+def _resolve(name: str, base_dir: str) -> str:
+    """A relative path that exists under base_dir is local; anything else is a hub name."""
+    p = Path(name).expanduser()
+    if p.is_absolute():
+        return str(p)
+    local = Path(base_dir) / p
+    if local.exists():
+        return str(local)
+    if name.startswith((".", "/")) or (os.sep in name and name.count("/") > 1):
+        raise ConfigError([Problem("model", f"path '{name}' not found (relative to {base_dir})")])
+    return name
+
+
+def load_tokenizer(cfg: ModelConfig, base_dir: str = ".") -> Any:
+    from transformers import AutoTokenizer
+
+    src = _resolve(cfg.tokenizer_path, base_dir)
+    try:
+        tok = AutoTokenizer.from_pretrained(
+            src,
+            revision=cfg.revision if cfg.tokenizer is None else None,
+            trust_remote_code=cfg.trust_remote_code,
+        )
+    except OSError as e:
+        raise ConfigError(
+            [
+                Problem(
+                    "model.tokenizer" if cfg.tokenizer else "model.name_or_path",
+                    f"cannot load tokenizer from '{src}': {str(e).splitlines()[0]} "
+                    "(offline? use a local directory)",
+                )
+            ]
+        ) from e
+    return tok
+
+
+def torch_dtype(name: str) -> Any:
+    import torch
+
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def load_model(cfg: ModelConfig, base_dir: str = ".", *, vocab_size: int | None = None, **kwargs: Any) -> Any:
+    """Load pretrained weights, or build a seeded random model from `model.from_config`."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    dtype = kwargs.pop("dtype", None) or torch_dtype(cfg.dtype)
+    if cfg.from_config is not None:
+        conf_kwargs = dict(cfg.from_config)
+        model_type = conf_kwargs.pop("model_type", "llama")
+        if vocab_size is not None:
+            conf_kwargs.setdefault("vocab_size", vocab_size)
+        conf = AutoConfig.for_model(model_type, **conf_kwargs)
+        conf._attn_implementation = cfg.attn_implementation
+        # Seeded init: the same config always yields the same base model.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.init_seed)
+            model = AutoModelForCausalLM.from_config(conf, dtype=dtype)
+        return model
+    src = _resolve(cfg.name_or_path or "", base_dir)
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            src,
+            revision=cfg.revision,
+            trust_remote_code=cfg.trust_remote_code,
+            dtype=dtype,
+            attn_implementation=cfg.attn_implementation,
+            use_safetensors=True,
+            **kwargs,
+        )
+    except OSError as e:
+        raise ConfigError(
+            [Problem("model.name_or_path", f"cannot load model from '{src}': {str(e).splitlines()[0]}")]
+        ) from e
