@@ -1,0 +1,1 @@
+"""Pipelines only wire steps; `pipelines.runner` configures and launches them."""

@@ -94,3 +94,52 @@ def load_model(cfg: ModelConfig, base_dir: str = ".", *, vocab_size: int | None 
         raise ConfigError(
             [Problem("model.name_or_path", f"cannot load model from '{src}': {str(e).splitlines()[0]}")]
         ) from e
+
+
+def is_adapter_dir(path: str | os.PathLike[str]) -> bool:
+    """A PEFT adapter directory (adapter_config.json) rather than a full model."""
+    return (Path(path) / "adapter_config.json").is_file()
+
+
+def quantization_config_4bit(compute_dtype: Any) -> Any:
+    """QLoRA recipe: NF4 weights, double quantization, matmuls in `compute_dtype`."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute_dtype,
+    )
+
+
+def load_model_4bit(
+    cfg: ModelConfig, base_dir: str = ".", *, vocab_size: int | None = None, compute_dtype: Any
+) -> Any:
+    """Load the base model quantized to 4-bit NF4 on the current CUDA device.
+
+    bitsandbytes quantizes while loading weights, so a `from_config` model is first
+    materialized (seeded, exactly as load_model builds it) into a temporary directory.
+    """
+    import tempfile
+
+    import torch
+
+    device_map = {"": torch.cuda.current_device()}
+    qconf = quantization_config_4bit(compute_dtype)
+    if cfg.from_config is None:
+        return load_model(
+            cfg, base_dir, quantization_config=qconf, device_map=device_map, dtype=compute_dtype
+        )
+    from transformers import AutoModelForCausalLM
+
+    with tempfile.TemporaryDirectory(prefix="tuneline-base-") as tmp:
+        load_model(cfg, base_dir, vocab_size=vocab_size, dtype=compute_dtype).save_pretrained(tmp)
+        return AutoModelForCausalLM.from_pretrained(
+            tmp,
+            quantization_config=qconf,
+            device_map=device_map,
+            dtype=compute_dtype,
+            attn_implementation=cfg.attn_implementation,
+            use_safetensors=True,
+        )

@@ -22,6 +22,8 @@ class TokenizedSplit:
     labels: list[list[int]]
     position_ids: list[list[int]] | None = None
     stats: dict[str, Any] = field(default_factory=dict)
+    # Unpacked: the input record each row came from (audit/preview can show its meta).
+    record_index: list[int] | None = None
 
     def __len__(self) -> int:
         return len(self.input_ids)

@@ -52,7 +52,7 @@ class ProjectConfig(Section):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     # Directory relative paths in the config resolve against (the config file's project root).
-    base_dir: str = Field(default=".", exclude=True, description="Set by the loader.")
+    base_dir: str = Field(default=".", description="Set by the loader: relative paths resolve here.")
 
     def resolve_path(self, p: str) -> str:
         """Relative paths are relative to base_dir; hub names and absolute paths pass through."""

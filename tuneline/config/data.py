@@ -4,11 +4,53 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from tuneline.config.base import Section
 
 Shape = Literal["auto", "alpaca", "chat", "sharegpt", "prompt_completion", "text", "preference"]
+
+# Canonical field names `columns:` may map (message-level: role, content).
+CANONICAL_COLUMNS = (
+    "instruction",
+    "input",
+    "context",
+    "output",
+    "response",
+    "history",
+    "system",
+    "messages",
+    "conversations",
+    "role",
+    "content",
+    "prompt",
+    "completion",
+    "text",
+    "chosen",
+    "rejected",
+)
+ROLE_TARGETS = ("system", "user", "assistant", "drop")
+
+
+def _check_columns(v: dict[str, str]) -> dict[str, str]:
+    """Keys are canonical names: a typo would otherwise silently map nothing."""
+    import difflib
+
+    for k in v:
+        if k not in CANONICAL_COLUMNS:
+            close = difflib.get_close_matches(k, CANONICAL_COLUMNS, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; valid: {', '.join(CANONICAL_COLUMNS)}"
+            raise ValueError(
+                f"columns key {k!r} is not a canonical field (columns map canonical -> yours){hint}"
+            )
+    return v
+
+
+def _check_roles(v: dict[str, str]) -> dict[str, str]:
+    for src, dst in v.items():
+        if dst not in ROLE_TARGETS:
+            raise ValueError(f"role_map {src!r} -> {dst!r}: target must be one of {', '.join(ROLE_TARGETS)}")
+    return v
 
 
 class SourceConfig(Section):
@@ -19,7 +61,13 @@ class SourceConfig(Section):
     )
     hub: str | None = Field(default=None, description="Hugging Face dataset name.")
     subset: str | None = Field(default=None, description="Hub config/subset name.")
-    split: str | None = Field(default=None, description="Source split to read (hub or directory).")
+    split: str | None = Field(
+        default=None,
+        description="Source split to read as training data (hub split name, or the split files of a directory).",
+    )
+    eval_split: str | None = Field(
+        default=None, description="Source split to use as the validation split (e.g. test_sft for ultrachat)."
+    )
     revision: str | None = Field(default=None, description="Pinned hub revision.")
     records: list[dict[str, Any]] | None = Field(default=None, description="Inline records.")
     format: Shape = "auto"
@@ -27,10 +75,19 @@ class SourceConfig(Section):
         default_factory=dict, description="Map canonical field -> column name in this source."
     )
     role_map: dict[str, str] = Field(
-        default_factory=dict, description="Map source role names to user/assistant/system."
+        default_factory=dict, description="Map source role names to user/assistant/system (or drop)."
     )
-    weight: float = Field(default=1.0, gt=0)
-    max_samples: int | None = Field(default=None, gt=0)
+    weight: float = Field(
+        default=1.0,
+        gt=0,
+        description="Multiplies this source's train records (2 = twice, 0.5 = a seeded half).",
+    )
+    max_samples: int | None = Field(
+        default=None, gt=0, description="Keep the first N valid, unique records of this source."
+    )
+
+    _columns = field_validator("columns")(_check_columns)
+    _roles = field_validator("role_map")(_check_roles)
 
     @model_validator(mode="after")
     def _exactly_one(self) -> SourceConfig:
@@ -47,6 +104,8 @@ class DataConfig(Section):
     sources: list[SourceConfig] = Field(default_factory=list)
     format: Shape = Field(default="auto", description="Shape for data.path (sources set their own).")
     columns: dict[str, str] = Field(default_factory=dict)
+    role_map: dict[str, str] = Field(default_factory=dict, description="role_map for data.path.")
+    max_samples: int | None = Field(default=None, gt=0, description="max_samples for data.path.")
     validation_split: float = Field(default=0.1, ge=0, lt=1)
     test_split: float = Field(default=0.0, ge=0, lt=1)
     use_source_splits: bool = Field(
@@ -61,6 +120,9 @@ class DataConfig(Section):
         default=None, description="Added as the system turn to records that have none."
     )
 
+    _columns = field_validator("columns")(_check_columns)
+    _roles = field_validator("role_map")(_check_roles)
+
     @model_validator(mode="after")
     def _some_source(self) -> DataConfig:
         if self.path is None and not self.sources:
@@ -73,5 +135,14 @@ class DataConfig(Section):
         """data.path is sugar for one source; this gives the full list either way."""
         out = list(self.sources)
         if self.path is not None:
-            out.insert(0, SourceConfig(path=self.path, format=self.format, columns=self.columns))
+            out.insert(
+                0,
+                SourceConfig(
+                    path=self.path,
+                    format=self.format,
+                    columns=self.columns,
+                    role_map=self.role_map,
+                    max_samples=self.max_samples,
+                ),
+            )
         return out

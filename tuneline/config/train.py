@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -23,9 +23,13 @@ class PreferenceConfig(Section):
     beta: float = Field(default=0.1, gt=0)
     reference_model: str | None = Field(
         default=None,
-        description="Start from this model: hub name, directory or 'models:/<name>@<alias>' (registry).",
+        description="Start from this model (it is also the DPO reference): hub name, full-model directory, "
+        "LoRA adapter directory (loaded on model.*) or 'models:/<name>@<alias>' (registry).",
     )
     max_prompt_length: int | None = None
+    max_length: int | None = Field(
+        default=None, gt=8, description="Prompt + response tokens; defaults to tokenize.max_length."
+    )
 
 
 class ResourcesConfig(Section):
@@ -37,12 +41,46 @@ class ResourcesConfig(Section):
     step_operator: str | None = Field(default=None, description="Name of a ZenML step operator.")
     accelerate: bool = Field(default=False, description="Run the train step with run_with_accelerate.")
     num_processes: int | None = None
-    accelerate_config: str | None = Field(default=None, description="accelerate config file (FSDP/DeepSpeed).")
+    accelerate_config: str | None = Field(
+        default=None, description="accelerate config file (FSDP/DeepSpeed)."
+    )
+
+
+Method = Literal["lora", "qlora", "full", "cpt", "dpo", "orpo"]
+
+# Full fine-tuning moves every weight, so it wants a ~10x smaller step than an adapter;
+# preference losses are sharper still. These are the usual published starting points.
+_FULL_LR = {"lora": 2e-4, "qlora": 2e-4, "full": 2e-5, "cpt": 2e-5, "dpo": 5e-6, "orpo": 8e-6}
+_ADAPTER_LR = {"lora": 2e-4, "qlora": 2e-4, "full": 2e-5, "cpt": 2e-4, "dpo": 5e-5, "orpo": 8e-5}
+
+
+def default_adapter(method: str) -> str:
+    """qlora/lora train adapters by definition; preference tuning defaults to LoRA because it keeps a
+    frozen reference for free (adapters disabled) instead of a second model copy; full and cpt update
+    every weight."""
+    return "lora" if method in ("lora", "qlora", "dpo", "orpo") else "none"
+
+
+def default_learning_rate(method: str, adapter: str = "auto") -> float:
+    uses_lora = (default_adapter(method) if adapter == "auto" else adapter) == "lora"
+    return (_ADAPTER_LR if uses_lora else _FULL_LR).get(method, 2e-4)
 
 
 class TrainConfig(Section):
-    method: Literal["lora", "qlora", "full", "cpt", "dpo", "orpo"] = "lora"
-    learning_rate: float = Field(default=2e-4, gt=0)
+    method: Method = "lora"
+    adapter: Literal["auto", "lora", "none"] = Field(
+        default="auto",
+        description="Train a LoRA adapter or all weights. auto: lora for lora/qlora/dpo/orpo, none (full "
+        "weights) for full/cpt. Set 'lora' for LoRA continued pretraining or LoRA-free DPO with 'none'.",
+    )
+    learning_rate: float = Field(
+        default=2e-4,
+        gt=0,
+        description="Defaults per method: 2e-4 adapters, 2e-5 full/cpt, 5e-6 dpo, 8e-6 orpo (x10 with LoRA).",
+    )
+    optimizer: Literal["adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit"] = Field(
+        default="adamw_torch", description="8-bit/paged variants need bitsandbytes (CUDA)."
+    )
     max_steps: int = Field(default=-1, description="-1: run num_epochs.")
     num_epochs: float = Field(default=1.0, gt=0)
     batch_size: int = Field(default=8, gt=0)
@@ -65,8 +103,36 @@ class TrainConfig(Section):
     preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _method_defaults(cls, data: Any) -> Any:
+        """Fill the learning rate from the method when the user did not choose one, so switching
+        `train.method` alone never runs full fine-tuning at an adapter's learning rate."""
+        if isinstance(data, dict) and data.get("learning_rate") is None:
+            data = dict(data)
+            data["learning_rate"] = default_learning_rate(
+                str(data.get("method", "lora")), str(data.get("adapter", "auto"))
+            )
+        return data
+
     @model_validator(mode="after")
     def _steps_or_epochs(self) -> TrainConfig:
         if self.max_steps == 0 or self.max_steps < -1:
             raise ValueError("train.max_steps must be a positive number of steps, or -1 to use num_epochs")
+        if self.method in ("lora", "qlora") and self.adapter == "none":
+            raise ValueError(
+                f"train.method={self.method} trains an adapter; use train.method=full for all weights"
+            )
+        if self.method == "full" and self.adapter == "lora":
+            raise ValueError("train.method=full trains all weights; use train.method=lora for an adapter")
+        if self.early_stopping_patience is not None and self.eval_steps is None:
+            raise ValueError("train.early_stopping_patience needs train.eval_steps (evaluate every N steps)")
         return self
+
+    @property
+    def uses_lora(self) -> bool:
+        return (default_adapter(self.method) if self.adapter == "auto" else self.adapter) == "lora"
+
+    @property
+    def is_preference(self) -> bool:
+        return self.method in ("dpo", "orpo")

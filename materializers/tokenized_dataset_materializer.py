@@ -1,0 +1,79 @@
+"""TokenizedDataset <-> one Parquet file per split (list<int32> columns) plus JSON sidecars."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, ClassVar
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from zenml.enums import ArtifactType, VisualizationType
+from zenml.io import fileio
+from zenml.materializers.base_materializer import BaseMaterializer
+
+from tuneline.tokenized import TokenizedDataset, TokenizedSplit
+
+
+class TokenizedDatasetMaterializer(BaseMaterializer):
+    ASSOCIATED_TYPES: ClassVar[tuple[type[Any], ...]] = (TokenizedDataset,)
+    ASSOCIATED_ARTIFACT_TYPE: ClassVar[ArtifactType] = ArtifactType.DATA
+
+    def save(self, data: TokenizedDataset) -> None:
+        ids_type = pa.list_(pa.int32())
+        for name, split in data.splits.items():
+            cols = {
+                "input_ids": pa.array(split.input_ids, type=ids_type),
+                "labels": pa.array(split.labels, type=ids_type),
+            }
+            if split.position_ids is not None:
+                cols["position_ids"] = pa.array(split.position_ids, type=ids_type)
+            with fileio.open(os.path.join(self.uri, f"{name}.parquet"), "wb") as f:
+                pq.write_table(pa.table(cols), f)
+        meta = {
+            "splits": {name: s.stats for name, s in data.splits.items()},
+            "stats": data.stats,
+            "audit": data.audit,
+            "chat_template": data.chat_template,
+        }
+        with fileio.open(os.path.join(self.uri, "meta.json"), "w") as f:
+            json.dump(meta, f, indent=2, default=str)
+
+    def load(self, data_type: type[Any]) -> TokenizedDataset:
+        with fileio.open(os.path.join(self.uri, "meta.json"), "r") as f:
+            meta = json.load(f)
+        splits = {}
+        for name, stats in meta["splits"].items():
+            with fileio.open(os.path.join(self.uri, f"{name}.parquet"), "rb") as f:
+                table = pq.read_table(f)
+            cols = table.to_pydict()
+            splits[name] = TokenizedSplit(
+                input_ids=cols["input_ids"],
+                labels=cols["labels"],
+                position_ids=cols.get("position_ids"),
+                stats=stats,
+            )
+        return TokenizedDataset(
+            splits=splits, stats=meta["stats"], audit=meta["audit"], chat_template=meta["chat_template"]
+        )
+
+    def extract_metadata(self, data: TokenizedDataset) -> dict[str, Any]:
+        meta: dict[str, Any] = {f"rows_{k}": len(v) for k, v in data.splits.items()}
+        meta.update({f"tokens_{k}": v.num_tokens for k, v in data.splits.items()})
+        meta.update({f"supervised_tokens_{k}": v.num_supervised for k, v in data.splits.items()})
+        meta["packed"] = data.packed
+        for k in ("padding_efficiency",):
+            if isinstance(data.stats.get(k), (int, float)):
+                meta[k] = float(data.stats[k])
+        return meta
+
+    def save_visualizations(self, data: TokenizedDataset) -> dict[str, VisualizationType]:
+        lines = ["# Tokenization audit", ""]
+        for name, s in data.splits.items():
+            lines.append(f"- **{name}**: {len(s)} rows, {s.num_tokens} tokens, {s.num_supervised} supervised")
+        for i, ex in enumerate(data.audit):
+            lines += ["", f"## Example {i + 1}", "", "```", str(ex.get("rendered", ex.get("text", ""))), "```"]
+        path = os.path.join(self.uri, "audit.md")
+        with fileio.open(path, "w") as f:
+            f.write("\n".join(lines))
+        return {path: VisualizationType.MARKDOWN}

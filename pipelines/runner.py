@@ -1,0 +1,135 @@
+"""Launch a configured pipeline on the tuneline stack and summarise the outcome.
+
+Kept out of run.py so the CLI stays a dispatcher and tests can launch runs in-process.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from tuneline.config import ProjectConfig
+from tuneline.home import mlflow_tracking_uri, redact_uri, tuneline_home
+
+log = logging.getLogger("tuneline")
+
+# train.method -> (pipeline module, pipeline function, record kind it trains on)
+PIPELINES = {
+    "lora": ("pipelines.sft", "sft_pipeline", "chat"),
+    "qlora": ("pipelines.sft", "sft_pipeline", "chat"),
+    "full": ("pipelines.sft", "sft_pipeline", "chat"),
+    "cpt": ("pipelines.sft", "sft_pipeline", "text"),
+    "dpo": ("pipelines.preference", "preference_pipeline", "preference"),
+    "orpo": ("pipelines.preference", "preference_pipeline", "preference"),
+}
+STEPS = {
+    "sft_pipeline": ["load_dataset", "format_records", "tokenize_dataset", "train_model", "evaluate_model",
+                     "register_model"],
+    "preference_pipeline": ["load_dataset", "format_records", "train_preferences", "evaluate_preferences",
+                            "register_model"],
+}
+TRACKED_STEPS = ("load_dataset", "tokenize_dataset", "train_model", "train_preferences",
+                 "evaluate_model", "evaluate_preferences", "register_model")
+
+
+def record_kind(cfg: ProjectConfig) -> str:
+    return PIPELINES[cfg.train.method][2]
+
+
+@dataclass
+class RunSummary:
+    pipeline_run: str
+    status: str
+    cached_steps: list[str] = field(default_factory=list)
+    executed_steps: list[str] = field(default_factory=list)
+    eval_report: dict[str, Any] = field(default_factory=dict)
+    registration: dict[str, Any] = field(default_factory=dict)
+    tracking_uri: str = ""
+
+
+def _step_options(cfg: ProjectConfig, tracker: str | None, step_names: list[str]) -> dict[str, Any]:
+    from zenml.config import ResourceSettings
+
+    res = cfg.train.resources
+    options: dict[str, dict[str, Any]] = {}
+    for name in step_names:
+        opts: dict[str, Any] = {}
+        if tracker and name in TRACKED_STEPS:
+            opts["experiment_tracker"] = tracker
+            opts["settings"] = {"experiment_tracker": {"experiment_name": cfg.tracking.experiment_name}} \
+                if cfg.tracking.experiment_name else {}
+        if name.startswith("train_"):
+            resources = {k: v for k, v in {"gpu_count": res.gpu_count, "cpu_count": res.cpu_count,
+                                           "memory": res.memory}.items() if v is not None}
+            if resources:
+                opts.setdefault("settings", {})["resources"] = ResourceSettings(**resources)
+            if res.step_operator:
+                opts["step_operator"] = res.step_operator
+        if opts:
+            options[name] = opts
+    return options
+
+
+def run_pipeline(cfg: ProjectConfig, source_fingerprint: str, *, enable_cache: bool = True) -> RunSummary:
+    import importlib
+
+    from pipelines.stack import configure_environment, ensure_stack, experiment_tracker_name, quiet_known_noise
+
+    configure_environment()
+    quiet_known_noise()
+    tuneline_home().mkdir(parents=True, exist_ok=True)
+    uri = mlflow_tracking_uri(cfg.tracking.mlflow_tracking_uri)
+    ensure_stack(uri)
+    module, func, kind = PIPELINES[cfg.train.method]
+    pipe = getattr(importlib.import_module(module), func)
+    step_names = STEPS[func]
+    configured = pipe.with_options(
+        enable_cache=enable_cache,
+        steps=_step_options(cfg, experiment_tracker_name(), step_names),
+    )
+    run = configured(config=cfg.model_dump(mode="json"), source_fingerprint=source_fingerprint, kind=kind)
+    return summarize_run(run, uri)
+
+
+def summarize_run(run: Any, uri: str) -> RunSummary:
+    from zenml.client import Client
+    from zenml.enums import ExecutionStatus
+
+    run = Client().get_pipeline_run(run.id)
+    summary = RunSummary(pipeline_run=run.name, status=str(run.status.value), tracking_uri=redact_uri(uri))
+    for name, step in run.steps.items():
+        (summary.cached_steps if step.status == ExecutionStatus.CACHED else summary.executed_steps).append(name)
+        if "eval_report" in step.outputs:
+            summary.eval_report = step.outputs["eval_report"][0].load()
+        if "registration" in step.outputs:
+            summary.registration = step.outputs["registration"][0].load()
+    return summary
+
+
+def format_summary(s: RunSummary) -> str:
+    lines = [f"\nRun {s.pipeline_run}: {s.status}"]
+    if s.cached_steps:
+        lines.append(f"  cached steps (inputs unchanged): {', '.join(s.cached_steps)}")
+    if s.executed_steps:
+        lines.append(f"  executed steps: {', '.join(s.executed_steps)}")
+    base, tuned = s.eval_report.get("base") or {}, s.eval_report.get("finetuned") or {}
+    if tuned:
+        lines.append(f"\n  {'metric':<14}{'base':>10}{'fine-tuned':>12}")
+        for k in sorted(tuned):
+            b = f"{base[k]:.4f}" if k in base else "-"
+            lines.append(f"  {k:<14}{b:>10}{tuned[k]:>12.4f}")
+    reg = s.registration
+    if reg.get("registered"):
+        lines.append(f"\n  registered {reg['model_uri']} ({'promoted to @' + reg['alias'] if reg['promoted'] else 'not promoted'}: {reg['reason']})")
+    elif reg:
+        lines.append(f"\n  not registered: {reg.get('reason')}")
+    home = tuneline_home()
+    lines += [
+        "",
+        "  dashboards:",
+        f"    MLflow: mlflow ui --backend-store-uri {s.tracking_uri}" if s.tracking_uri.startswith("sqlite")
+        else f"    MLflow: {s.tracking_uri}",
+        f"    ZenML:  ZENML_CONFIG_PATH={home / 'zenml'} zenml login --local",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,100 @@
+"""tuneline command line: parse options, load the config, call the pipeline.
+
+    python run.py --config configs/sft.yaml [--set train.max_steps=50] [--no-cache] [--dry-run]
+    python run.py --config configs/sft.yaml --preview 3 [--json]
+
+Exit codes: 0 success, 2 config or data error (message names the key or file:line), 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="run.py", description="Fine-tune an LLM with a tracked ZenML pipeline.")
+    p.add_argument("--config", required=True, help="project YAML, e.g. configs/sft.yaml")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set train.learning_rate=1e-4 (repeatable)")
+    p.add_argument("--no-cache", action="store_true", help="re-run every step even if its inputs are unchanged")
+    p.add_argument("--dry-run", action="store_true", help="validate config and data, print the plan, stop")
+    p.add_argument("--preview", type=int, metavar="N", help="print N tokenized examples and exit")
+    p.add_argument("--json", action="store_true", help="with --preview: one JSON object per line")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    _setup_logging(args.verbose)
+    from tuneline.errors import UserError
+
+    try:
+        from tuneline.cli import dry_run, preflight, preview
+
+        from tuneline.config import load_config
+
+        cfg = load_config(args.config, args.overrides)
+        if args.preview is not None:
+            for line in preview(cfg, args.preview, as_json=args.json):
+                print(line)
+            return 0
+        fingerprint, records = preflight(cfg)
+        if args.dry_run:
+            print(dry_run(cfg, records, fingerprint))
+            return 0
+        from pipelines.runner import format_summary, run_pipeline
+
+        summary = run_pipeline(cfg, fingerprint, enable_cache=not args.no_cache)
+        print(format_summary(summary))
+        return 0
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except Exception as e:
+        user_error = _find_user_error(e)
+        if user_error is not None:
+            print(f"error: {user_error}", file=sys.stderr)
+            return user_error.exit_code
+        raise
+
+
+def _setup_logging(verbose: bool) -> None:
+    """tuneline's own messages to stderr; ZenML keeps its handler, so nothing prints twice."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("tuneline: %(message)s"))
+    log = logging.getLogger("tuneline")
+    log.addHandler(handler)
+    log.setLevel(logging.DEBUG if verbose else logging.INFO)
+    log.propagate = False
+
+
+def _find_user_error(e: BaseException):
+    """ZenML wraps step exceptions; a user error raised inside a step still exits with 2."""
+    from tuneline.errors import UserError
+
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, UserError):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - last resort: exit 1 with the traceback for bug reports
+        import traceback
+
+        traceback.print_exc()
+        print(f"error: {type(exc).__name__}: {json.dumps(str(exc))[1:-1][:500]}", file=sys.stderr)
+        sys.exit(1)

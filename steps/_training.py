@@ -1,0 +1,82 @@
+"""What the two train steps share: the durable checkpoint location and run identity."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from typing import Any
+
+from tuneline.config import ProjectConfig
+
+log = logging.getLogger("tuneline")
+
+# Knobs that change how a run is executed or observed, not what it computes: changing
+# them must not block resuming a crashed run.
+_NON_IDENTITY_TRAIN_KEYS = {"resume", "save_steps", "save_total_limit", "logging_steps", "resources", "merge_adapter"}
+
+
+def run_identity(cfg: ProjectConfig, data_fingerprint: str) -> dict[str, str]:
+    train = {k: v for k, v in cfg.train.model_dump().items() if k not in _NON_IDENTITY_TRAIN_KEYS}
+    ident = {"model": cfg.model.model_dump(), "template": cfg.template.model_dump(),
+             "tokenize": cfg.tokenize.model_dump(), "train": train}
+    config_hash = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    base = cfg.model.name_or_path or "from_config:" + hashlib.sha256(
+        json.dumps(cfg.model.from_config, sort_keys=True).encode()
+    ).hexdigest()[:12]
+    if cfg.model.revision:
+        base += f"@{cfg.model.revision}"
+    return {"config_hash": config_hash, "data_fingerprint": data_fingerprint, "base_model": base}
+
+
+def checkpoint_dirs(cfg: ProjectConfig) -> tuple[str, str | None]:
+    """(local dir the trainer writes, durable dir in the artifact store or None if that is local).
+
+    Keyed by project and model name, not by config hash, so that a rerun after a
+    crash finds its checkpoints and a changed config is detected and refused.
+    """
+    from zenml.client import Client
+
+    store = Client().active_stack.artifact_store
+    key = f"{cfg.name}--{cfg.registry.model_name}--{cfg.train.method}".replace("/", "_")
+    durable = os.path.join(store.path, "checkpoints", key)
+    if store.flavor == "local":
+        return durable, None
+    local = os.path.join(tempfile.gettempdir(), "tuneline-checkpoints", key)
+    return local, durable
+
+
+def restore_from_durable(local: str, durable: str | None) -> None:
+    from zenml.io import fileio
+    from zenml.utils import io_utils
+
+    if durable and fileio.exists(durable) and not os.path.exists(local):
+        log.info("restoring checkpoints from %s", durable)
+        io_utils.copy_dir(durable, local, overwrite=True)
+
+
+def sync_checkpoint(path: str, local: str, durable: str | None) -> None:
+    if not durable:
+        return
+    from zenml.utils import io_utils
+
+    io_utils.copy_dir(path, os.path.join(durable, os.path.relpath(path, local)), overwrite=True)
+
+
+def finish_checkpoints(local: str, durable: str | None) -> None:
+    """A finished run's checkpoints are not resumable state any more: the model artifact is."""
+    shutil.rmtree(local, ignore_errors=True)
+    if durable:
+        from zenml.io import fileio
+
+        if fileio.exists(durable):
+            fileio.rmtree(durable)
+
+
+def mlflow_logger() -> Any:
+    from steps._tracking import log_metrics
+
+    return lambda metrics, step: log_metrics(metrics, step=step)

@@ -1,0 +1,37 @@
+"""Load, validate, split and fingerprint the dataset described by `data:`."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from zenml import log_metadata, step
+
+from steps._tracking import active_run, log_metrics, log_params
+from tuneline.config import DataConfig
+from tuneline.data import load_records, render_summary_html, summarize
+from tuneline.data.records import RecordSet
+
+
+@step
+def load_dataset(
+    data_config: dict,
+    base_dir: str,
+    source_fingerprint: str,
+    kind: str,
+) -> Annotated[RecordSet, "dataset"]:
+    """`source_fingerprint` is unused in the body: it is a parameter so that an edited
+    file at an unchanged path changes the cache key and this step re-runs."""
+    cfg = DataConfig.model_validate(data_config)
+    records = load_records(cfg, base_dir, kind=kind)
+    fps = records.fingerprints
+    counts = {f"data_{k}_records": len(v) for k, v in records.splits.items()}
+    log_params({f"data.fingerprint.{k}": v for k, v in fps.items()})
+    log_params({"data.source_fingerprint": source_fingerprint})
+    log_metrics(counts)
+    if active_run() is not None:
+        import mlflow
+
+        mlflow.log_text(render_summary_html(summarize(records)), "data/summary.html")
+        mlflow.log_dict(records.info, "data/info.json")
+    log_metadata(metadata={"fingerprints": fps, "source_fingerprint": source_fingerprint, **counts}, infer_artifact=True)
+    return records

@@ -1,0 +1,48 @@
+"""Tokenize with loss masks (and packing) exactly as the trainer will consume it."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from zenml import log_metadata, step
+
+from steps._tracking import active_run, log_metrics
+from tuneline.config import ModelConfig, TemplateConfig, TokenizeConfig
+from tuneline.data.records import RecordSet
+from tuneline.modeling import load_tokenizer
+from tuneline.tokenization import prepare_tokenizer, tokenize_dataset as tokenize_records
+from tuneline.tokenized import TokenizedDataset
+
+
+@step
+def tokenize_dataset(
+    dataset: RecordSet,
+    chat_template: str,
+    model_config: dict,
+    template_config: dict,
+    tokenize_config: dict,
+    base_dir: str,
+) -> Annotated[TokenizedDataset, "tokenized_dataset"]:
+    tokenizer = load_tokenizer(ModelConfig.model_validate(model_config), base_dir)
+    tcfg = TemplateConfig.model_validate(template_config)
+    tokenizer = prepare_tokenizer(tokenizer, tcfg, base_dir)
+    tokenizer.chat_template = chat_template
+    tokenized = tokenize_records(
+        dataset, tokenizer, TokenizeConfig.model_validate(tokenize_config), system_prompt=tcfg.system_prompt
+    )
+    stats = {}
+    for split, s in tokenized.splits.items():
+        for k, v in s.stats.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                stats[f"tokenize_{split}_{k}"] = v
+    for k, v in tokenized.stats.items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            stats[f"tokenize_{k}"] = v
+    log_metrics(stats)
+    if active_run() is not None:
+        import mlflow
+
+        mlflow.log_dict({"stats": tokenized.stats, "examples": tokenized.audit}, "tokenization/audit.json")
+        mlflow.log_text(tokenized.chat_template or "", "tokenization/chat_template.jinja")
+    log_metadata(metadata=stats, infer_artifact=True)
+    return tokenized

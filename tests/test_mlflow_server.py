@@ -1,0 +1,117 @@
+"""Server mode: a real `mlflow server` on PostgreSQL or MariaDB, registry used over HTTP.
+
+Each test creates its own database (CI shares the machine) and drops it afterwards.
+Skips when the database server is not reachable.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+from tuneline.home import redact_uri
+from tuneline.tracking import champion_score, decide_promotion, register_version
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _postgres_db():
+    psycopg2 = pytest.importorskip("psycopg2")
+    name = f"tuneline_test_{uuid.uuid4().hex[:10]}"
+    try:
+        conn = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres", connect_timeout=3)
+    except psycopg2.OperationalError as e:
+        pytest.skip(f"PostgreSQL not reachable: {e}")
+    conn.autocommit = True
+    conn.cursor().execute(f"CREATE DATABASE {name}")
+
+    def drop():
+        conn.cursor().execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        conn.close()
+
+    return f"postgresql://postgres@127.0.0.1:5432/{name}", drop
+
+
+def _mariadb_db():
+    pymysql = pytest.importorskip("pymysql")
+    name = f"tuneline_test_{uuid.uuid4().hex[:10]}"
+    try:
+        conn = pymysql.connect(host="127.0.0.1", port=3306, user="root", password="", connect_timeout=3,
+                               autocommit=True)
+    except pymysql.err.OperationalError as e:
+        pytest.skip(f"MariaDB not reachable: {e}")
+    conn.cursor().execute(f"CREATE DATABASE {name}")
+
+    def drop():
+        conn.cursor().execute(f"DROP DATABASE IF EXISTS {name}")
+        conn.close()
+
+    return f"mysql+pymysql://root@127.0.0.1:3306/{name}", drop
+
+
+@pytest.fixture(params=["postgresql", "mariadb"])
+def mlflow_server(request, tmp_path):
+    backend, drop = _postgres_db() if request.param == "postgresql" else _mariadb_db()
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend, "--host", "127.0.0.1",
+         "--port", str(port), "--workers", "1", "--default-artifact-root", str(tmp_path / "artifacts")],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+    )
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    import urllib.request
+
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"{uri}/health", timeout=2)
+            break
+        except OSError:
+            if proc.poll() is not None:
+                pytest.fail(f"mlflow server exited: {proc.stdout.read().decode()[-3000:]}")
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("mlflow server did not become healthy in 90 s")
+    yield uri
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    drop()
+
+
+@pytest.mark.slow
+def test_register_and_promote_over_http(mlflow_server, tmp_path):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
+    exp = client.create_experiment("server-test")
+    versions = []
+    for score in (0.2, 0.5, 0.4):
+        run = client.create_run(exp)
+        client.log_metric(run.info.run_id, "finetuned_rouge_l", score)
+        client.set_terminated(run.info.run_id)
+        mv = register_version(client, model_name="srv-model", source=f"runs:/{run.info.run_id}/model",
+                              run_id=run.info.run_id, tags={"metric.rouge_l": str(score)})
+        champ, ver = champion_score(client, "srv-model", "champion", "rouge_l")
+        if decide_promotion(score, champ, greater_is_better=True, champion_version=ver).promoted:
+            client.set_registered_model_alias("srv-model", "champion", mv.version)
+        versions.append(mv.version)
+    assert client.get_model_version_by_alias("srv-model", "champion").version == versions[1]
+
+
+def test_redact_uri_hides_credentials():
+    assert redact_uri("https://user:pw@mlflow.example:5000/x") == "https://***@mlflow.example:5000/x"
+    assert redact_uri("sqlite:////tmp/a.db") == "sqlite:////tmp/a.db"

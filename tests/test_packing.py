@@ -1,0 +1,115 @@
+"""Packing keeps samples intact and separate; the collator never pads to max_length."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from tuneline.collate import DataCollator, split_rows
+from tuneline.packing import best_fit_decreasing, pack_split, unpack_row
+from tuneline.tokenized import TokenizedSplit
+
+
+def _split(lengths: list[int], seed: int = 0) -> TokenizedSplit:
+    rng = random.Random(seed)
+    ids, labels = [], []
+    for n in lengths:
+        x = [rng.randrange(5, 500) for _ in range(n)]
+        cut = n // 2
+        ids.append(x)
+        labels.append([-100] * cut + x[cut:])
+    return TokenizedSplit(input_ids=ids, labels=labels, stats={"n_out": len(ids)})
+
+
+def test_best_fit_decreasing_fills_bins_and_respects_capacity():
+    lengths = [9, 8, 2, 2, 5, 4, 1, 1]
+    bins = best_fit_decreasing(lengths, 10)
+    assert sorted(i for b in bins for i in b) == list(range(len(lengths)))
+    assert all(sum(lengths[i] for i in b) <= 10 for b in bins)
+    assert len(bins) == 4  # 32 tokens, optimal is ceil(32/10) = 4
+    with pytest.raises(ValueError):
+        best_fit_decreasing([11], 10)
+
+
+def test_pack_split_keeps_every_sample_intact():
+    lengths = [random.Random(1).randrange(3, 60) for _ in range(200)]
+    lengths = [random.Random(i).randrange(3, 60) for i in range(200)]
+    split = _split(lengths)
+    packed = pack_split(split, 64)
+    assert all(len(r) <= 64 for r in packed.input_ids)
+    samples = []
+    for ids, labs, pos in zip(packed.input_ids, packed.labels, packed.position_ids, strict=True):
+        assert len(ids) == len(labs) == len(pos)
+        for x, y in unpack_row(ids, labs, pos):
+            samples.append((tuple(x), tuple(y)))
+    originals = sorted(zip(map(tuple, split.input_ids), map(tuple, split.labels), strict=True))
+    # Same samples; each sample's first label is -100 at its boundary.
+    assert sorted(s[0] for s in samples) == sorted(o[0] for o in originals)
+    by_ids = dict(originals)
+    for x, y in samples:
+        assert y[0] == -100 and y[1:] == by_ids[x][1:]
+    real = sum(lengths)
+    assert packed.stats["n_rows"] == len(packed)
+    assert packed.stats["pack_fill"] == round(real / (len(packed) * 64), 4)
+    assert packed.stats["padding_efficiency"] == 1.0
+    assert packed.num_tokens == real
+
+
+def test_position_ids_restart_per_sample():
+    packed = pack_split(_split([5, 3, 2]), 10)
+    assert packed.position_ids == [[0, 1, 2, 3, 4, 0, 1, 2, 0, 1]]
+
+
+def test_collator_pads_to_longest_in_batch_not_max_length():
+    rows = split_rows(_split([5, 9, 3]))
+    batch = DataCollator(pad_token_id=1, packed=False)(rows)
+    assert batch["input_ids"].shape == (3, 9)
+    assert batch["attention_mask"].sum().item() == 17
+    assert (batch["input_ids"][2, 3:] == 1).all() and (batch["labels"][2, 3:] == -100).all()
+    assert DataCollator(1, False, pad_to_multiple_of=8)(rows)["input_ids"].shape == (3, 16)
+
+
+def test_collator_flattens_packed_rows_padding_free():
+    packed = pack_split(_split([5, 3, 2, 6]), 8)
+    batch = DataCollator(pad_token_id=1, packed=True)(split_rows(packed))
+    assert batch["input_ids"].shape == (1, 16) and "attention_mask" not in batch
+    pos = batch["position_ids"][0].tolist()
+    starts = [i for i, p in enumerate(pos) if p == 0]
+    assert len(starts) == 4
+    assert all(batch["labels"][0, i].item() == -100 for i in starts)
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_padding_free_batch_has_no_cross_sample_attention(attn):
+    """transformers 5.x derives block-diagonal masks from position_ids: packed == separate."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    conf = LlamaConfig(
+        vocab_size=512,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+    )
+    conf._attn_implementation = attn
+    model = LlamaForCausalLM(conf).eval()
+    split = _split([7, 4, 9])
+    batch = DataCollator(pad_token_id=0, packed=True)(split_rows(pack_split(split, 20)))
+    with torch.no_grad():
+        packed_logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits[0]
+        pos = batch["position_ids"][0].tolist()
+        starts = [i for i, p in enumerate(pos) if p == 0] + [len(pos)]
+        for a, b in zip(starts, starts[1:], strict=False):
+            alone = model(input_ids=batch["input_ids"][:, a:b]).logits[0]
+            torch.testing.assert_close(packed_logits[a:b], alone, atol=1e-5, rtol=1e-4)
+        # Without use_cache=False a KV cache is created and samples DO attend across
+        # boundaries -- this guards the trap documented in tuneline.collate.
+        leaky = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits[0]
+        assert not torch.allclose(leaky, packed_logits, atol=1e-4)
+        out = model(**batch)
+        assert torch.isfinite(out.loss)

@@ -1,0 +1,125 @@
+"""Crash-and-rerun: a SIGKILLed run resumes from its last verified checkpoint, bit for bit.
+
+Also the DDP check (slow tier): two CPU processes under torchrun (gloo) train the same
+steps as one process with gradient accumulation, and only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "tests" / "_train_script.py"
+STEPS, SAVE = 20, 5
+
+
+def _cmd(d: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        str(SCRIPT),
+        "--out", str(d / "out"),
+        "--ckpt", str(d / "ckpt"),
+        "--metrics", str(d / "metrics.jsonl"),
+        "--steps", str(STEPS),
+        "--save-steps", str(SAVE),
+        *extra,
+    ]  # fmt: skip
+
+
+def _run(cmd: list[str], timeout: float = 120) -> None:
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def _losses(path: Path) -> dict[int, float]:
+    """Per-step train loss; a re-logged step (after resume) overwrites the first record."""
+    out = {}
+    for line in path.read_text().splitlines():
+        rec = json.loads(line)
+        if "loss" in rec:
+            out[rec["step"]] = rec["loss"]
+    return out
+
+
+def test_kill9_mid_run_then_rerun_resumes_and_matches_uninterrupted(tmp_path):
+    clean, crashed = tmp_path / "clean", tmp_path / "crashed"
+    _run(_cmd(clean))
+
+    # Slow the victim down so the kill lands between checkpoints (anywhere after the 2nd one).
+    victim = subprocess.Popen(
+        _cmd(crashed, "--sleep", "0.15"), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 90
+    while not (crashed / "ckpt" / f"checkpoint-{2 * SAVE}").exists():
+        assert victim.poll() is None, victim.stderr.read().decode()[-3000:] if victim.stderr else ""
+        assert time.monotonic() < deadline, "victim made no progress"
+        time.sleep(0.02)
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait()
+    assert not (crashed / "out" / "result.json").exists(), "killed before it finished"
+    killed_after = len(_losses(crashed / "metrics.jsonl"))
+    assert killed_after < STEPS
+
+    _run(_cmd(crashed))  # the very same command
+    result = json.loads((crashed / "out" / "result.json").read_text())
+    resumed = result["resumed_from"]
+    assert resumed is not None, "restarted from scratch instead of resuming"
+    resumed_step = int(resumed.rsplit("-", 1)[1])
+    assert resumed_step >= 2 * SAVE and result["global_step"] == STEPS
+
+    # Deterministic CPU run: the remaining steps' losses and the final weights are identical.
+    a, b = _losses(clean / "metrics.jsonl"), _losses(crashed / "metrics.jsonl")
+    assert set(a) == set(b) == set(range(1, STEPS + 1))
+    for step in range(resumed_step + 1, STEPS + 1):
+        assert b[step] == a[step], (step, a[step], b[step])
+    wa = load_file(clean / "out" / "adapter_model.safetensors")
+    wb = load_file(crashed / "out" / "adapter_model.safetensors")
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_match_single_process(tmp_path):
+    """2 ranks x batch 2 == 1 rank x batch 2 x grad-accum 2: same samples per optimizer step."""
+    single, ddp = tmp_path / "single", tmp_path / "ddp"
+    common = ["--steps", "8", "--save-steps", "4", "--batch-size", "2", "--dropout", "0"]
+    _run([*_cmd(single), *common, "--grad-accum", "2"])
+    with socket.socket() as s:  # a free port: other test sessions may share this machine
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(port),
+    ]
+    _run([*torchrun, *_cmd(ddp)[1:], *common], timeout=300)
+
+    a, b = _losses(single / "metrics.jsonl"), _losses(ddp / "metrics.jsonl")
+    assert set(a) == set(b) == set(range(1, 9)), "rank 0 alone logs each step once"
+    for step in a:
+        assert b[step] == pytest.approx(a[step], rel=1e-4, abs=1e-5), step
+    wa = load_file(single / "out" / "adapter_model.safetensors")
+    wb = load_file(ddp / "out" / "adapter_model.safetensors")
+    for k in wa:
+        torch.testing.assert_close(wb[k], wa[k], rtol=1e-3, atol=1e-5)
+    manifest = json.loads((ddp / "ckpt" / "checkpoint-8" / "manifest.json").read_text())
+    assert {"rng_state_0.pth", "rng_state_1.pth"} <= set(manifest["files"]), (
+        "both ranks' RNG states committed"
+    )
+    assert manifest["data_position"]["samples_seen"] == 8 * 2 * 2

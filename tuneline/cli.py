@@ -1,0 +1,73 @@
+"""The parts of the CLI that need no ZenML: preflight validation, dry-run plan, preview.
+
+Preflight runs before any pipeline exists, so bad data fails fast with exit 2 and
+leaves no half-made ZenML run, MLflow run or registered version behind.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from tuneline.config import ProjectConfig
+from tuneline.data import load_records, source_fingerprint
+from tuneline.data.records import RecordSet
+from tuneline.home import mlflow_tracking_uri, redact_uri, tuneline_home
+
+KIND = {"lora": "chat", "qlora": "chat", "full": "chat", "cpt": "text", "dpo": "preference", "orpo": "preference"}
+
+
+def preflight(cfg: ProjectConfig) -> tuple[str, RecordSet]:
+    """Validate data (raises DataError with every problem) and return its cache fingerprint."""
+    fp = source_fingerprint(cfg.data, cfg.base_dir)
+    records = load_records(cfg.data, cfg.base_dir, kind=KIND[cfg.train.method])
+    return fp, records
+
+
+def dry_run(cfg: ProjectConfig, records: RecordSet, fingerprint: str) -> str:
+    model = cfg.model.name_or_path or f"from_config ({cfg.model.from_config.get('model_type', 'llama')})"
+    steps = "load_dataset -> format_records -> " + (
+        "train_preferences -> evaluate_preferences" if KIND[cfg.train.method] == "preference"
+        else "tokenize_dataset -> train_model -> evaluate_model"
+    ) + " -> register_model"
+    lines = [
+        "plan (dry run: nothing was trained, logged or registered)",
+        f"  model:      {model}  tokenizer: {cfg.model.tokenizer_path}",
+        f"  method:     {cfg.train.method}  lr={cfg.train.learning_rate}  max_steps={cfg.train.max_steps}"
+        f"  batch={cfg.train.batch_size}x{cfg.train.gradient_accumulation_steps}",
+        f"  data:       {', '.join(f'{k}={len(v)}' for k, v in records.splits.items())}  "
+        f"(source fingerprint {fingerprint})",
+        f"  template:   {cfg.template.jinja_path or cfg.template.name}  max_length={cfg.tokenize.max_length}"
+        f"  packing={cfg.tokenize.packing}",
+        f"  steps:      {steps}",
+        f"  registry:   {cfg.registry.model_name} (promote to @{cfg.registry.alias} on {cfg.registry.metric})",
+        f"  MLflow:     {redact_uri(mlflow_tracking_uri(cfg.tracking.mlflow_tracking_uri))}",
+        f"  state:      {tuneline_home()}",
+    ]
+    info = records.info
+    dropped = (info.get("dropped") or {}).get("total", 0)
+    dedup = (info.get("dedup") or {}).get("removed", 0)
+    overlap = info.get("overlap") or {}
+    lines.append(
+        f"  cleaning:   {dropped} invalid dropped, {dedup} duplicates removed, "
+        f"{overlap.get('validation_removed', 0) + overlap.get('test_removed', 0)} eval records overlapping train removed"
+    )
+    if dropped:
+        lines.append(f"  dropped by reason: {json.dumps((info.get('dropped') or {}).get('by_reason'))}")
+    return "\n".join(lines)
+
+
+def preview(cfg: ProjectConfig, n: int, *, as_json: bool = False) -> list[str]:
+    """Tokenize N training examples exactly as the trainer sees them; needs only a tokenizer."""
+    from tuneline.modeling import load_tokenizer
+    from tuneline.preview import preview_json_lines, render_preview
+    from tuneline.tokenization import prepare_tokenizer, tokenize_split
+
+    records = load_records(cfg.data, cfg.base_dir, kind=KIND[cfg.train.method])
+    tokenizer = prepare_tokenizer(load_tokenizer(cfg.model, cfg.base_dir), cfg.template, cfg.base_dir)
+    sample = records.splits.get("train", [])[:n]
+    split = tokenize_split(sample, tokenizer, cfg.tokenize, system_prompt=cfg.template.system_prompt)
+    examples: Any = split
+    if as_json:
+        return preview_json_lines(examples, tokenizer, n)
+    return [render_preview(examples, tokenizer, n)]

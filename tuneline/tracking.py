@@ -1,0 +1,117 @@
+"""MLflow helpers that do not depend on ZenML: params, secrets, registry promotion.
+
+The registry logic lives here, not in a step, so it is testable against a real
+SQLite or server-backed MLflow store without running a pipeline.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+SECRET_MARKERS = ("token", "password", "secret", "api_key", "apikey", "credential")
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{key}."))
+        else:
+            out[key] = v
+    return out
+
+
+def safe_params(config: dict[str, Any]) -> dict[str, str]:
+    """Flattened config for mlflow.log_params, with anything secret-looking removed."""
+    params = {}
+    for k, v in flatten(config).items():
+        if any(m in k.lower() for m in SECRET_MARKERS):
+            continue
+        s = "" if v is None else str(v)
+        params[k] = s[:500]  # MLflow caps param values; long inline records are not useful as params
+    return params
+
+
+def finite_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """Numeric metrics only. NaN/inf are kept: hiding them would hide a broken run."""
+    out = {}
+    for k, v in metrics.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        out[k] = float(v)
+    return out
+
+
+@dataclass
+class PromotionDecision:
+    promoted: bool
+    reason: str
+    candidate: float | None
+    champion: float | None
+    champion_version: str | None
+
+
+def decide_promotion(
+    candidate: float | None,
+    champion: float | None,
+    *,
+    greater_is_better: bool,
+    champion_version: str | None = None,
+) -> PromotionDecision:
+    """A candidate without a finite score never wins; no champion means it wins."""
+    if candidate is None or not math.isfinite(candidate):
+        return PromotionDecision(False, "candidate has no finite score", candidate, champion, champion_version)
+    if champion is None or not math.isfinite(champion):
+        return PromotionDecision(True, "no current champion", candidate, champion, champion_version)
+    better = candidate > champion if greater_is_better else candidate < champion
+    op = ">" if greater_is_better else "<"
+    if better:
+        return PromotionDecision(
+            True, f"{candidate:.4f} {op} champion {champion:.4f}", candidate, champion, champion_version
+        )
+    return PromotionDecision(
+        False, f"{candidate:.4f} not {op} champion {champion:.4f}", candidate, champion, champion_version
+    )
+
+
+def register_version(
+    client: Any,
+    *,
+    model_name: str,
+    source: str,
+    run_id: str,
+    tags: dict[str, str],
+    description: str | None = None,
+) -> Any:
+    """Create the registered model if needed, then one new version pointing at `source`."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(model_name)
+    except MlflowException:
+        client.create_registered_model(model_name, description="Fine-tuned with tuneline")
+    return client.create_model_version(
+        name=model_name,
+        source=source,
+        run_id=run_id,
+        tags={k: str(v) for k, v in tags.items()},
+        description=description,
+    )
+
+
+def champion_score(client: Any, model_name: str, alias: str, metric: str) -> tuple[float | None, str | None]:
+    """The champion's score for `metric`, read from the tag the version was registered with."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mv = client.get_model_version_by_alias(model_name, alias)
+    except MlflowException:
+        return None, None
+    raw = (mv.tags or {}).get(f"metric.{metric}")
+    if raw is None and mv.run_id:
+        run = client.get_run(mv.run_id)
+        raw = run.data.metrics.get(f"finetuned_{metric}")
+    return (float(raw) if raw is not None else None), mv.version
