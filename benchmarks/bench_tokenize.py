@@ -67,8 +67,10 @@ def main() -> None:
         )
     rs = RecordSet(splits={"train": records})
     t0 = time.perf_counter()
+    c0 = time.process_time()  # all threads of this process (the Rust encoder's too)
     td = tokenize_dataset(rs, tok, TokenizeConfig(max_length=args.max_length, packing=args.packing))
     dt = time.perf_counter() - t0
+    cpu = time.process_time() - c0
     st = td.stats["train"]
     print(
         json.dumps(
@@ -76,6 +78,8 @@ def main() -> None:
                 "records": args.n,
                 "template": args.template,
                 "seconds": round(dt, 2),
+                "cpu_seconds": round(cpu, 2),
+                "load_avg_1m": round(os.getloadavg()[0], 2),
                 "records_per_s": round(args.n / dt),
                 "tokens": st["tokens"],
                 "supervised_tokens": st["supervised_tokens"],

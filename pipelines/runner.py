@@ -81,6 +81,7 @@ def run_pipeline(cfg: ProjectConfig, source_fingerprint: str, *, enable_cache: b
     tuneline_home().mkdir(parents=True, exist_ok=True)
     uri = mlflow_tracking_uri(cfg.tracking.mlflow_tracking_uri)
     ensure_stack(uri)
+    cfg = pin_model_references(cfg, uri)
     module, func, kind = PIPELINES[cfg.train.method]
     pipe = getattr(importlib.import_module(module), func)
     step_names = STEPS[func]
@@ -88,8 +89,68 @@ def run_pipeline(cfg: ProjectConfig, source_fingerprint: str, *, enable_cache: b
         enable_cache=enable_cache,
         steps=_step_options(cfg, experiment_tracker_name(), step_names),
     )
-    run = configured(config=cfg.model_dump(mode="json"), source_fingerprint=source_fingerprint, kind=kind)
+    try:
+        run = configured(config=cfg.model_dump(mode="json"), source_fingerprint=source_fingerprint, kind=kind)
+    except RuntimeError as e:
+        raise step_failure(configured.name) from e
     return summarize_run(run, uri)
+
+
+def step_failure(pipeline_name: str) -> Exception:
+    """ZenML raises a generic RuntimeError; rebuild the failing step's own error from the run record.
+
+    A user error inside a step (non-finite loss, refused resume, bad data) keeps exit code 2.
+    """
+    from zenml.client import Client
+    from zenml.enums import ExecutionStatus
+
+    from tuneline.errors import TunelineError, UserError
+
+    runs = Client().list_pipeline_runs(pipeline_name=pipeline_name, sort_by="desc:created", size=1)
+    if not runs.items:
+        return TunelineError(f"pipeline {pipeline_name} failed before it started")
+    run = Client().get_pipeline_run(runs.items[0].id)
+    failed = [(n, s) for n, s in run.steps.items() if s.status == ExecutionStatus.FAILED]
+    if not failed:
+        return TunelineError(f"pipeline run {run.name} failed")
+    name, step = failed[0]
+    info = step.exception_info
+    source = (info.source or "") if info else ""
+    message = (info.message or "").strip() if info else ""
+    err_cls: type[TunelineError] = TunelineError
+    try:
+        from zenml.utils import source_utils
+
+        if source and issubclass(source_utils.load(source), UserError):
+            err_cls = UserError
+    except Exception:  # noqa: BLE001 - an unloadable class only loses the exit code, not the message
+        pass
+    kind = source.rsplit(".", 1)[-1] or "error"
+    return err_cls(f"step {name} failed in run {run.name}: {kind}: {message}\n"
+                   f"  (no model was registered; the MLflow run is marked FAILED)")
+
+
+def pin_model_references(cfg: ProjectConfig, uri: str) -> ProjectConfig:
+    """Resolve `models:/name@alias` to the version it points at now, before the run starts."""
+    ref = cfg.train.preference.reference_model
+    if not ref or not ref.startswith("models:/"):
+        return cfg
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from tuneline.errors import ConfigError, Problem
+    from tuneline.tracking import pin_model_uri
+
+    try:
+        pinned = pin_model_uri(MlflowClient(tracking_uri=uri, registry_uri=uri), ref)
+    except (MlflowException, ValueError) as e:
+        raise ConfigError([Problem("train.preference.reference_model",
+                                   f"cannot resolve '{ref}' in the MLflow registry at {redact_uri(uri)}: "
+                                   f"{str(e).splitlines()[0]} (register that model first, e.g. run configs/sft.yaml)")]) from e
+    log.info("reference model %s -> %s", ref, pinned)
+    cfg = cfg.model_copy(deep=True)
+    cfg.train.preference.reference_model = pinned
+    return cfg
 
 
 def summarize_run(run: Any, uri: str) -> RunSummary:

@@ -3,9 +3,11 @@
 Every fact is asked in several phrasings, so a held-out question usually asks a
 fact the model saw in training under other words: the demo can show real
 learning (eval loss, ROUGE-L) from a tiny model in a few minutes on a CPU.
+Also writes a prose chronicle of the same world (continued pretraining) and
+preference pairs whose rejected answer states a wrong fact (DPO / ORPO).
 Deterministic: rerunning writes byte-identical files.
 
-    python scripts/make_demo_data.py  # writes data/lorekeep.jsonl
+    python scripts/make_demo_data.py  # writes data/lorekeep*.jsonl
 """
 
 from __future__ import annotations
@@ -82,10 +84,45 @@ def realms(rng: random.Random, n: int) -> list[dict[str, str]]:
     return out
 
 
+CHRONICLE = (
+    "{realm} is one of the realms of Eldmar. Its capital is {capital}, and it is ruled by {ruler}. "
+    "The people of {realm} are known for their {export}, and the {emblem} on their {color} flag "
+    "is seen in every market of {capital}."
+)
+
+
+def write_jsonl(name: str, rows: list[dict]) -> None:
+    out = Path(__file__).resolve().parent.parent / "data" / name
+    out.parent.mkdir(exist_ok=True)
+    with out.open("w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    print(f"wrote {len(rows)} records to {out}")
+
+
+def preference_pairs(world: list[dict[str, str]], rng: random.Random) -> list[dict]:
+    """Chosen: the true fact. Rejected: the same sentence with another realm's value."""
+    rows = []
+    for facts in world:
+        for attr, qs in QUESTIONS.items():
+            other = rng.choice([w for w in world if w[attr] != facts[attr]])
+            wrong = {**facts, attr: other[attr]}
+            rows.append(
+                {
+                    "prompt": [{"role": "user", "content": rng.choice(qs).format(**facts)}],
+                    "chosen": ANSWERS[attr].format(**facts),
+                    "rejected": ANSWERS[attr].format(**wrong),
+                }
+            )
+    rng.shuffle(rows)
+    return rows
+
+
 def main() -> None:
     rng = random.Random(1234)
     rows = []
-    for facts in realms(rng, 30):
+    world = realms(rng, 30)
+    for facts in world:
         for attr, qs in QUESTIONS.items():
             for q in qs:
                 msgs = [
@@ -108,12 +145,10 @@ def main() -> None:
             }
         )
     rng.shuffle(rows)
-    out = Path(__file__).resolve().parent.parent / "data" / "lorekeep.jsonl"
-    out.parent.mkdir(exist_ok=True)
-    with out.open("w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    print(f"wrote {len(rows)} records to {out}")
+    write_jsonl("lorekeep.jsonl", rows)
+    # Separate generators so adding a file never changes the bytes of another.
+    write_jsonl("lorekeep_chronicle.jsonl", [{"text": CHRONICLE.format(**f)} for f in world])
+    write_jsonl("lorekeep_prefs.jsonl", preference_pairs(world, random.Random(99)))
 
 
 if __name__ == "__main__":

@@ -76,6 +76,22 @@ def finish_checkpoints(local: str, durable: str | None) -> None:
             fileio.rmtree(durable)
 
 
+def local_reference_model(cfg: ProjectConfig) -> ProjectConfig:
+    """A copy of cfg whose `models:/name/N` reference points at a local download of it."""
+    ref = cfg.train.preference.reference_model
+    if not ref or not ref.startswith("models:/"):
+        return cfg
+    from mlflow import MlflowClient
+
+    from tuneline.home import tuneline_home
+    from tuneline.tracking import download_model_version
+
+    local = download_model_version(MlflowClient(), ref, str(tuneline_home() / "cache" / "models"))
+    cfg = cfg.model_copy(deep=True)
+    cfg.train.preference.reference_model = local
+    return cfg
+
+
 def mlflow_logger() -> Any:
     from steps._tracking import log_metrics
 

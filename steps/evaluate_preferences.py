@@ -7,6 +7,7 @@ from typing import Annotated
 from zenml import log_metadata, step
 
 from steps._tracking import log_metrics
+from steps._training import local_reference_model
 from tuneline.artifacts import ModelArtifact
 from tuneline.config import ProjectConfig
 from tuneline.data.records import RecordSet
@@ -27,9 +28,16 @@ def evaluate_preferences(
         return {"enabled": False}
     tokenizer = AutoTokenizer.from_pretrained(model.path)
     records = dataset.splits.get(cfg.eval.split, [])[: cfg.eval.max_samples]
-    base = load_model(cfg.model, cfg.base_dir, vocab_size=len(tokenizer))
+    vocab = len(tokenizer)
+    # The base to beat is where training started: the reference (e.g. SFT) model when there is one.
+    ref = local_reference_model(cfg).train.preference.reference_model
+    base = load_model(cfg.model, cfg.base_dir, vocab_size=vocab)
+    if ref:
+        base = load_finetuned(ref, base)
     base_scores = preference_scores(base, tokenizer, records) if cfg.eval.compare_base else {}
-    tuned_scores = preference_scores(load_finetuned(model.path, base), tokenizer, records)
+    del base
+    tuned = load_finetuned(model.path, load_model(cfg.model, cfg.base_dir, vocab_size=vocab))
+    tuned_scores = preference_scores(tuned, tokenizer, records)
     metrics = compare(base_scores, tuned_scores)
     log_metrics(metrics)
     log_metadata(metadata=metrics, infer_artifact=True)

@@ -11,6 +11,7 @@ from steps._tracking import log_params
 from steps._training import (
     checkpoint_dirs,
     finish_checkpoints,
+    local_reference_model,
     mlflow_logger,
     restore_from_durable,
     run_identity,
@@ -37,13 +38,14 @@ def train_preferences(
     tokenizer.chat_template = chat_template
     local, durable = checkpoint_dirs(cfg)
     restore_from_durable(local, durable)
+    identity = run_identity(cfg, data_fingerprint)  # with the pinned models:/ URI, not a temp path
     result = train(
-        cfg,
+        local_reference_model(cfg),
         tokenizer,
         dataset,
         output_dir=tempfile.mkdtemp(prefix="tuneline-model-"),
         checkpoint_dir=local,
-        run_identity=run_identity(cfg, data_fingerprint),
+        run_identity=identity,
         log_metrics=mlflow_logger(),
         on_checkpoint=lambda path: sync_checkpoint(path, local, durable),
     )

@@ -63,3 +63,48 @@ def test_sft_pipeline_end_to_end(tmp_path):
     assert r2.returncode == 0, r2.stderr[-4000:]
     assert "cached steps" in r2.stdout and "executed steps" not in r2.stdout
     assert len(client.search_model_versions("name='e2e-model'")) == 1
+
+
+@pytest.mark.e2e
+def test_diverging_run_fails_cleanly_and_registers_nothing(tmp_path):
+    from mlflow import MlflowClient
+
+    home = tmp_path / "home"
+    r = run_cli(home, "--config", "configs/sft.yaml", "--set", "train.learning_rate=1e12",
+                "--set", "train.max_grad_norm=1e30", "--set", "train.max_steps=30", "--set", "eval.max_samples=4")
+    assert r.returncode == 2, r.stderr[-3000:]
+    last = r.stderr.strip().splitlines()
+    assert any("step train_model failed" in line and "NonFiniteLossError" in line for line in last)
+    assert "training diverged at step" in r.stderr
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    runs = [run for e in client.search_experiments() for run in client.search_runs([e.experiment_id])]
+    assert [run.info.status for run in runs] == ["FAILED"]
+    losses = [m.value for m in client.get_metric_history(runs[0].info.run_id, "loss")]
+    assert losses and losses[-1] != losses[-1], "the NaN loss must be logged, not filtered"
+    assert client.search_registered_models() == []
+
+
+@pytest.mark.slow
+def test_sft_then_dpo_from_the_registry_champion(tmp_path):
+    from mlflow import MlflowClient
+
+    home = tmp_path / "home"
+    r = run_cli(home, "--config", "configs/sft.yaml", "--set", "train.max_steps=150", "--set", "eval.max_samples=8")
+    assert r.returncode == 0, r.stderr[-4000:]
+    r = run_cli(home, "--config", "configs/dpo.yaml", "--set", "train.max_steps=10")
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert "registered models:/lorekeep-tiny-dpo/1" in r.stdout
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    run = client.get_run(client.get_model_version("lorekeep-tiny-dpo", "1").run_id)
+    # The alias was pinned to a version before the run: lineage names the exact SFT model.
+    assert run.data.params["train.preference.reference_model"] == "models:/lorekeep-tiny/1"
+    assert "finetuned_preference_accuracy" in run.data.metrics
+
+
+@pytest.mark.slow
+def test_continued_pretraining_end_to_end(tmp_path):
+    r = run_cli(tmp_path / "home", "--config", "configs/cpt.yaml", "--set", "train.max_steps=40")
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert "registered models:/lorekeep-tiny-cpt/1" in r.stdout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
@@ -104,7 +105,7 @@ def test_padding_free_batch_has_no_cross_sample_attention(attn):
         packed_logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits[0]
         pos = batch["position_ids"][0].tolist()
         starts = [i for i, p in enumerate(pos) if p == 0] + [len(pos)]
-        for a, b in zip(starts, starts[1:], strict=False):
+        for a, b in itertools.pairwise(starts):
             alone = model(input_ids=batch["input_ids"][:, a:b]).logits[0]
             torch.testing.assert_close(packed_logits[a:b], alone, atol=1e-5, rtol=1e-4)
         # Without use_cache=False a KV cache is created and samples DO attend across

@@ -18,7 +18,9 @@ from tuneline.tokenization import prepare_tokenizer, tokenize_dataset
 def td(tiny_tokenizer_dir):
     tok = prepare_tokenizer(AutoTokenizer.from_pretrained(tiny_tokenizer_dir), TemplateConfig(), ".")
     recs = [
-        Record(messages=[{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"answer {i}"}])
+        Record(
+            messages=[{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"answer {i}"}]
+        )
         for i in range(6)
     ]
     return tok, recs
@@ -51,7 +53,9 @@ def test_json_lines_are_exactly_the_trainer_rows(td):
 
 def test_packed_preview_shows_samples_and_position_ids(td):
     tok, recs = td
-    data = tokenize_dataset(RecordSet(splits={"train": recs}), tok, TokenizeConfig(max_length=64, packing=True))
+    data = tokenize_dataset(
+        RecordSet(splits={"train": recs}), tok, TokenizeConfig(max_length=64, packing=True)
+    )
     out = render_preview(data, tok, 1, color=False)
     assert "packed row of" in out and "next sample" in out
     obj = json.loads(preview_json_lines(data, tok, 1)[0])

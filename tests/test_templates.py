@@ -8,7 +8,13 @@ from transformers import AutoTokenizer
 from tests.conftest import fixture_path
 from tuneline.config.template import TemplateConfig
 from tuneline.errors import ConfigError
-from tuneline.templates import BUILTIN_TEMPLATES, compile_template, render, resolve_chat_template, template_variables
+from tuneline.templates import (
+    BUILTIN_TEMPLATES,
+    compile_template,
+    render,
+    resolve_chat_template,
+    template_variables,
+)
 
 CONVO = [
     {"role": "system", "content": "Be brief."},
@@ -50,7 +56,9 @@ def test_jinja_path_missing_and_invalid(tok, tmp_path):
     with pytest.raises(ConfigError) as e:
         resolve_chat_template(tok, TemplateConfig(jinja_path="bad.jinja"), str(tmp_path))
     assert "template.jinja_path" in str(e.value) and "invalid jinja" in str(e.value)
-    (tmp_path / "ok.jinja").write_text("{% for m in messages %}[{{ m['role'] }}]{{ m['content'] }}{% endfor %}")
+    (tmp_path / "ok.jinja").write_text(
+        "{% for m in messages %}[{{ m['role'] }}]{{ m['content'] }}{% endfor %}"
+    )
     assert "m['role']" in resolve_chat_template(tok, TemplateConfig(jinja_path="ok.jinja"), str(tmp_path))
 
 
@@ -59,7 +67,9 @@ def test_builtin_render_equals_apply_chat_template(tok, name):
     tok.chat_template = BUILTIN_TEMPLATES[name]
     ours = render(compile_template(tok.chat_template), CONVO, template_variables(tok))
     assert ours == tok.apply_chat_template(CONVO, tokenize=False)
-    gen = render(compile_template(tok.chat_template), CONVO[:2], template_variables(tok), add_generation_prompt=True)
+    gen = render(
+        compile_template(tok.chat_template), CONVO[:2], template_variables(tok), add_generation_prompt=True
+    )
     assert gen == tok.apply_chat_template(CONVO[:2], tokenize=False, add_generation_prompt=True)
 
 
@@ -88,13 +98,18 @@ def test_builtins_match_reference_templates(name, reference):
 def test_alpaca_with_and_without_input():
     variables = {"eos_token": "</s>"}
     c = compile_template(BUILTIN_TEMPLATES["alpaca"])
-    plain = render(c, [{"role": "user", "content": "Add 2+2"}, {"role": "assistant", "content": "4"}], variables)
+    plain = render(
+        c, [{"role": "user", "content": "Add 2+2"}, {"role": "assistant", "content": "4"}], variables
+    )
     assert plain.startswith("Below is an instruction that describes a task. Write")
     assert "### Instruction:\nAdd 2+2\n\n### Response:\n4</s>" in plain
     assert "### Input:" not in plain
     with_input = render(
         c,
-        [{"role": "user", "content": "Summarise", "input": "Long text."}, {"role": "assistant", "content": "Short."}],
+        [
+            {"role": "user", "content": "Summarise", "input": "Long text."},
+            {"role": "assistant", "content": "Short."},
+        ],
         variables,
     )
     assert "paired with an input" in with_input

@@ -64,7 +64,7 @@ def eval_loss(model: Any, split: TokenizedSplit, collator: Any, batch_size: int 
                 if split.position_ids is not None:
                     row["position_ids"] = split.position_ids[j]
                 rows.append(row)
-            batch = {k: v.to(device) for k, v in collator(rows).items()}
+            batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in collator(rows).items()}
             labels = batch.pop("labels")
             logits = model(**batch).logits.float()
             shift_logits = logits[:, :-1].reshape(-1, logits.size(-1))

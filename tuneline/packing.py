@@ -72,7 +72,7 @@ def pack_split(split: TokenizedSplit, max_length: int) -> TokenizedSplit:
             "n_rows": len(ids_rows),
             "samples_per_row": round(len(lengths) / len(ids_rows), 3) if ids_rows else 0.0,
             # Padding-free batching processes exactly the real tokens.
-            "padding_efficiency": 1.0 if real else 1.0,
+            "padding_efficiency": 1.0,
             # What it would be if rows were padded to max_length (models without padding-free support).
             "pack_fill": round(real / (len(ids_rows) * max_length), 4) if ids_rows else 1.0,
         }

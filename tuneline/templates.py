@@ -60,7 +60,7 @@ ALPACA = (
     "{% set loop_messages = messages[1:] %}"
     "{% else %}"
     "{% set loop_messages = messages %}"
-    "{% if messages | selectattr('input', 'defined') | selectattr('input') | list | length > 0 %}"
+    "{% if messages[0]['input'] is defined and messages[0]['input'] %}"
     "{{ 'Below is an instruction that describes a task, paired with an input that provides further context. '"
     " 'Write a response that appropriately completes the request.\\n\\n' }}"
     "{% else %}"
@@ -108,7 +108,9 @@ def compile_template(template: str) -> Any:
         def raise_exception(message: str) -> None:
             raise jinja2.exceptions.TemplateError(message)
 
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+        env = ImmutableSandboxedEnvironment(
+            trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
+        )
         env.globals["raise_exception"] = raise_exception
         return env.from_string(template)
 
@@ -119,7 +121,11 @@ def template_variables(tokenizer: Any) -> dict[str, Any]:
 
 
 def render(
-    compiled: Any, messages: list[dict[str, Any]], variables: dict[str, Any], *, add_generation_prompt: bool = False
+    compiled: Any,
+    messages: list[dict[str, Any]],
+    variables: dict[str, Any],
+    *,
+    add_generation_prompt: bool = False,
 ) -> str:
     return compiled.render(messages=messages, add_generation_prompt=add_generation_prompt, **variables)
 
@@ -140,7 +146,9 @@ def _validate_jinja(text: str, where: str) -> None:
             eos_token="</s>",
         )
     except jinja2.TemplateError as e:
-        raise ConfigError([Problem(where, f"template fails on a plain user/assistant conversation: {e}")]) from e
+        raise ConfigError(
+            [Problem(where, f"template fails on a plain user/assistant conversation: {e}")]
+        ) from e
     if "hello" not in out:
         raise ConfigError([Problem(where, "template does not render message['content']")])
 

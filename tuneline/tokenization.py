@@ -43,8 +43,17 @@ IGNORE_INDEX = -100
 
 # Tokens that are meant as padding or are explicitly unused; using one as pad keeps
 # pad != eos without growing the vocabulary (no embedding resize needed).
-_PAD_CANDIDATES = ("<|pad|>", "<pad>", "[PAD]", "<|finetune_right_pad_id|>", "<|finetune_right_pad|>", "<unk>")
-_RESERVED_RE = re.compile(r"^<\|?(reserved_special_token_\d+|placeholder\d+|dummy_?\d+|unused\d+)\|?>$|^\[unused\d+\]$")
+_PAD_CANDIDATES = (
+    "<|pad|>",
+    "<pad>",
+    "[PAD]",
+    "<|finetune_right_pad_id|>",
+    "<|finetune_right_pad|>",
+    "<unk>",
+)
+_RESERVED_RE = re.compile(
+    r"^<\|?(reserved_special_token_\d+|placeholder\d+|dummy_?\d+|unused\d+)\|?>$|^\[unused\d+\]$"
+)
 
 
 # --------------------------------------------------------------------------- tokenizer prep
@@ -72,7 +81,9 @@ def prepare_tokenizer(tokenizer: Any, template_cfg: TemplateConfig, base_dir: st
         if missing:
             from tokenizers import AddedToken
 
-            tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in missing], special_tokens=True)
+            tokenizer.add_tokens(
+                [AddedToken(t, special=True, normalized=False) for t in missing], special_tokens=True
+            )
             added += missing
     pad_note = _ensure_pad(tokenizer)
     tokenizer.tuneline_prep = {
@@ -98,10 +109,14 @@ def _ensure_pad(tokenizer: Any) -> str:
             tokenizer.pad_token = cand
             return f"set to existing {cand!r}"
     reserved = sorted(
-        (tid, tok) for tok, tid in vocab.items() if _RESERVED_RE.match(tok) and tok != eos and tok not in template
+        (tid, tok)
+        for tok, tid in vocab.items()
+        if _RESERVED_RE.match(tok) and tok != eos and tok not in template
     )
     if reserved:
-        tokenizer.pad_token = reserved[-1][1]  # the last reserved token is the least likely to be claimed later
+        tokenizer.pad_token = reserved[-1][
+            1
+        ]  # the last reserved token is the least likely to be claimed later
         return f"set to reserved {reserved[-1][1]!r}"
     if tokenizer.pad_token is None and eos is not None:
         tokenizer.pad_token = eos
@@ -121,12 +136,12 @@ def end_of_turn_token_ids(tokenizer: Any) -> list[int]:
             enc = _Encoder(tokenizer, TokenizeConfig(), template=template)
             msgs = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]
             text, spans, _ = enc.chat_spans(msgs, {})
-            s, e, t = spans[-1]
+            _s, e, t = spans[-1]
             for tok in enc.specials_in(text[t:e]):
                 tid = tokenizer.convert_tokens_to_ids(tok)
                 if isinstance(tid, int) and tid not in ids:
                     ids.append(tid)
-        except Exception:  # noqa: BLE001 - a template we cannot probe still has EOS
+        except Exception:  # a template we cannot probe still has EOS
             pass
     if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
         ids.append(tokenizer.eos_token_id)
@@ -180,14 +195,13 @@ class _Encoder:
         self.vars = template_variables(tokenizer)
         added = tokenizer.added_tokens_decoder  # id -> AddedToken
         self.added_ids = {i for i, t in added.items() if t.content.strip()}
-        self.special_strs = sorted({t.content for t in added.values() if t.content.strip()}, key=len, reverse=True)
-        self.special_re = re.compile("|".join(map(re.escape, self.special_strs))) if self.special_strs else None
-        # A suffix made only of special-token strings and whitespace is the turn terminator.
-        self.term_re = (
-            re.compile(r"(?:\s*(?:" + "|".join(map(re.escape, self.special_strs)) + r"))+\s*$")
-            if self.special_strs
-            else None
+        self.special_strs = sorted(
+            {t.content for t in added.values() if t.content.strip()}, key=len, reverse=True
         )
+        self.special_re = (
+            re.compile("|".join(map(re.escape, self.special_strs))) if self.special_strs else None
+        )
+        self.special_first_chars = {s[0] for s in self.special_strs}
         self.bos_id = tokenizer.bos_token_id
         self.bos_str = tokenizer.bos_token
         self.auto_bos = self._adds_bos()
@@ -226,9 +240,13 @@ class _Encoder:
                 try:
                     text = self._render(msgs)
                 except jinja2.TemplateError as e2:
-                    raise DataError([Problem(_where(meta), f"chat template rejects this conversation: {e2}")]) from e2
+                    raise DataError(
+                        [Problem(_where(meta), f"chat template rejects this conversation: {e2}")]
+                    ) from e2
             else:
-                raise DataError([Problem(_where(meta), f"chat template rejects this conversation: {e}")]) from e
+                raise DataError(
+                    [Problem(_where(meta), f"chat template rejects this conversation: {e}")]
+                ) from e
         turns = [i for i, m in enumerate(msgs) if m["role"] == "assistant"]
         if self.cfg.train_on == "last_assistant":
             turns = turns[-1:]
@@ -272,14 +290,23 @@ class _Encoder:
             stripped = seg.rstrip()
             if stripped != seg and self.special_re and any(stripped.endswith(s) for s in self.special_strs):
                 end = start + len(stripped)  # formatting whitespace after the end-of-turn token
-            term = end
-            if self.term_re:
-                m = self.term_re.search(text, start, end)
-                if m and m.end() == end:
-                    term = m.start()
-            spans.append((start, end, term))
+            spans.append((start, end, self._terminator_start(text, start, end)))
             cursor = end
         return text, spans, msgs
+
+    def _terminator_start(self, text: str, start: int, end: int) -> int:
+        """Start of the trailing run of special tokens (and whitespace) that closes a turn."""
+        pos = end
+        while pos > start:
+            p = len(text[start:pos].rstrip()) + start
+            for s in self.special_strs:
+                if text.endswith(s, start, p):
+                    pos = p - len(s)
+                    break
+            else:
+                break
+        # Whitespace right before the terminator belongs to it (" </s>" in Llama-2 chat).
+        return len(text[start:pos].rstrip()) + start if pos < end else end
 
     def _snap(self, text: str, start: int, end: int) -> int:
         """Never end a span inside a special token ("<|" shared by "<|endoftext|>" and "<|user|>")."""
@@ -299,8 +326,10 @@ class _Encoder:
         if pos < 0:
             return None
         end = pos + len(needle)
-        if self.term_re:  # extend over the terminator that follows the content
-            tail = re.match(r"(?:[ \t]*(?:" + "|".join(map(re.escape, self.special_strs)) + r"))+", text[end:])
+        if self.special_strs:  # extend over the terminator that follows the content
+            tail = re.match(
+                r"(?:[ \t]*(?:" + "|".join(map(re.escape, self.special_strs)) + r"))+", text[end:]
+            )
             if tail:
                 end += tail.end()
         return pos, end
@@ -328,7 +357,12 @@ class _Encoder:
         backend = getattr(self.tok, "backend_tokenizer", None) or getattr(self.tok, "_tokenizer", None)
         if backend is None or not hasattr(backend, "encode_batch"):
             raise ConfigError(
-                [Problem("model.tokenizer", "a fast (tokenizers-backed) tokenizer is required for offset-exact masks")]
+                [
+                    Problem(
+                        "model.tokenizer",
+                        "a fast (tokenizers-backed) tokenizer is required for offset-exact masks",
+                    )
+                ]
             )
         if backend.truncation is not None or backend.padding is not None:
             backend = copy.deepcopy(backend)
@@ -348,8 +382,10 @@ class _Encoder:
             nl = self.tok.encode("\n", add_special_tokens=False, split_special_tokens=True)
             ids = self.tok.encode("\n" + literal, add_special_tokens=False, split_special_tokens=True)
             # The leading newline stops SentencePiece from adding a word-start space.
-            ids = ids[len(nl) :] if ids[: len(nl)] == nl else self.tok.encode(
-                literal, add_special_tokens=False, split_special_tokens=True
+            ids = (
+                ids[len(nl) :]
+                if ids[: len(nl)] == nl
+                else self.tok.encode(literal, add_special_tokens=False, split_special_tokens=True)
             )
             self._plain_cache[literal] = ids
         return self._plain_cache[literal]
@@ -406,7 +442,11 @@ def _tokenize_split(
         text, spans, msgs = enc.chat_spans(msgs, rec.meta)
         content = None
         if not cfg.allow_special_tokens_in_text and enc.special_re:
-            if any(enc.special_re.search(m.get("content") or "") for m in msgs):
+            if any(
+                any(ch in (m.get("content") or "") for ch in enc.special_first_chars)
+                and enc.special_re.search(m.get("content") or "")
+                for m in msgs
+            ):
                 content = enc.content_regions(text, msgs)
         rendered.append(_Rendered(text, spans, content, "chat", rec.meta, idx))
 
@@ -437,7 +477,7 @@ def _tokenize_split(
                 n_straddle += 1
             tspans.append((a, b, max(a, min(tt, b))))
         if r.content:
-            ids, tspans, n_esc = _escape_specials(enc, ids, encoding.offsets, tspans, r.content)
+            ids, tspans, n_esc = _escape_specials(enc, ids, encoding.offsets, tspans, r.content, r.text)
             stats["special_tokens_escaped"] += n_esc
         # BOS: exactly one when the model expects it (template may already write it).
         if enc.auto_bos and (not ids or ids[0] != enc.bos_id):
@@ -522,6 +562,7 @@ def _escape_specials(
     offs: list[tuple[int, int]],
     tspans: list[tuple[int, int, int]],
     regions: list[tuple[int, int]],
+    text: str,
 ) -> tuple[list[int], list[tuple[int, int, int]], int]:
     """Replace control tokens that came from message *content* by their plain-text encoding.
 
@@ -531,11 +572,12 @@ def _escape_specials(
     new_ids: list[int] = []
     index_map: list[int] = []  # old index -> new index
     n = 0
-    for i, (tid, (s, e)) in enumerate(zip(ids, offs, strict=True)):
+    for tid, (s, e) in zip(ids, offs, strict=True):
         index_map.append(len(new_ids))
-        if tid in enc.added_ids and any(rs <= s and e <= re_ for rs, re_ in regions):
-            lit = enc.tok.convert_ids_to_tokens(tid)
-            plain = enc.plain_ids(lit)
+        if tid in enc.added_ids and any(rs <= s < re_ for rs, re_ in regions):
+            # The covered text, not just the token's literal: lstrip/rstrip added tokens
+            # (Phi-3's) also swallow neighbouring whitespace, which must survive.
+            plain = enc.plain_ids(text[s:e])
             new_ids += plain
             n += 1
         else:
@@ -657,7 +699,9 @@ def format_preference_split(
         for key in ("chosen", "rejected"):
             full = enc._render(msgs + list(getattr(rec, key) or []))
             if not full.startswith(prompt):
-                raise DataError([Problem(_where(rec.meta), "chat template is not prefix-stable for this pair")])
+                raise DataError(
+                    [Problem(_where(rec.meta), "chat template is not prefix-stable for this pair")]
+                )
             row[key] = full[len(prompt) :]
         out.append(row)
     return out

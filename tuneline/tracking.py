@@ -115,3 +115,51 @@ def champion_score(client: Any, model_name: str, alias: str, metric: str) -> tup
         run = client.get_run(mv.run_id)
         raw = run.data.metrics.get(f"finetuned_{metric}")
     return (float(raw) if raw is not None else None), mv.version
+
+
+def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
+    """`models:/name@alias` or `models:/name/3` -> (name, alias, version)."""
+    body = uri.removeprefix("models:/")
+    if "@" in body:
+        name, alias = body.rsplit("@", 1)
+        return name, alias, None
+    name, _, version = body.rpartition("/")
+    if not name or not version.isdigit():
+        raise ValueError(f"expected models:/<name>@<alias> or models:/<name>/<version>, got '{uri}'")
+    return name, None, version
+
+
+def pin_model_uri(client: Any, uri: str) -> str:
+    """An alias moves; a version does not. Pinning makes caching, resume and lineage exact."""
+    name, alias, version = parse_model_uri(uri)
+    if alias is not None:
+        version = client.get_model_version_by_alias(name, alias).version
+    else:
+        client.get_model_version(name, version)
+    return f"models:/{name}/{version}"
+
+
+def download_model_version(client: Any, uri: str, cache_root: str) -> str:
+    """Download a pinned registry version once into cache_root; returns the local model dir."""
+    import os
+    import shutil
+    import tempfile
+
+    from mlflow.artifacts import download_artifacts
+
+    name, _, version = parse_model_uri(pin_model_uri(client, uri))
+    dest = os.path.join(cache_root, name.replace("/", "_"), str(version))
+    if os.path.exists(os.path.join(dest, ".complete")):
+        return dest
+    mv = client.get_model_version(name, version)
+    os.makedirs(cache_root, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=cache_root, prefix=".download-")
+    try:
+        local = download_artifacts(artifact_uri=mv.source, dst_path=tmp)
+        open(os.path.join(local, ".complete"), "w").close()
+        shutil.rmtree(dest, ignore_errors=True)
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        os.replace(local, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
