@@ -17,9 +17,17 @@ import sys
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="run.py", description="Fine-tune an LLM with a tracked ZenML pipeline.")
     p.add_argument("--config", required=True, help="project YAML, e.g. configs/sft.yaml")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set train.learning_rate=1e-4 (repeatable)")
-    p.add_argument("--no-cache", action="store_true", help="re-run every step even if its inputs are unchanged")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set train.learning_rate=1e-4 (repeatable)",
+    )
+    p.add_argument(
+        "--no-cache", action="store_true", help="re-run every step even if its inputs are unchanged"
+    )
     p.add_argument("--dry-run", action="store_true", help="validate config and data, print the plan, stop")
     p.add_argument("--preview", type=int, metavar="N", help="print N tokenized examples and exit")
     p.add_argument("--json", action="store_true", help="with --preview: one JSON object per line")
@@ -34,7 +42,6 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         from tuneline.cli import dry_run, preflight, preview
-
         from tuneline.config import load_config
 
         cfg = load_config(args.config, args.overrides)
@@ -92,7 +99,7 @@ if __name__ == "__main__":
         sys.exit(130)
     except SystemExit:
         raise
-    except BaseException as exc:  # noqa: BLE001 - last resort: exit 1 with the traceback for bug reports
+    except BaseException as exc:
         import traceback
 
         traceback.print_exc()

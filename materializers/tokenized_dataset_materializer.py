@@ -72,7 +72,14 @@ class TokenizedDatasetMaterializer(BaseMaterializer):
         for name, s in data.splits.items():
             lines.append(f"- **{name}**: {len(s)} rows, {s.num_tokens} tokens, {s.num_supervised} supervised")
         for i, ex in enumerate(data.audit):
-            lines += ["", f"## Example {i + 1}", "", "```", str(ex.get("rendered", ex.get("text", ""))), "```"]
+            lines += [
+                "",
+                f"## Example {i + 1}",
+                "",
+                "```",
+                str(ex.get("rendered", ex.get("text", ""))),
+                "```",
+            ]
         path = os.path.join(self.uri, "audit.md")
         with fileio.open(path, "w") as f:
             f.write("\n".join(lines))

@@ -18,11 +18,14 @@ from steps.train_preferences import train_preferences
 @pipeline(name="tuneline_preference")
 def preference_pipeline(config: dict, source_fingerprint: str, kind: str = "preference") -> None:
     base_dir = config["base_dir"]
-    dataset = load_dataset(data_config=config["data"], base_dir=base_dir, source_fingerprint=source_fingerprint, kind=kind)
+    dataset = load_dataset(
+        data_config=config["data"], base_dir=base_dir, source_fingerprint=source_fingerprint, kind=kind
+    )
     chat_template, _ = format_records(
         dataset=dataset, model_config=config["model"], template_config=config["template"], base_dir=base_dir
     )
-    model = train_preferences(dataset=dataset, chat_template=chat_template, config=config,
-                              data_fingerprint=source_fingerprint)
+    model = train_preferences(
+        dataset=dataset, chat_template=chat_template, config=config, data_fingerprint=source_fingerprint
+    )
     report = evaluate_preferences(model=model, dataset=dataset, config=config)
     register_model(model=model, eval_report=report, dataset=dataset, config=config)

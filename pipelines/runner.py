@@ -24,13 +24,31 @@ PIPELINES = {
     "orpo": ("pipelines.preference", "preference_pipeline", "preference"),
 }
 STEPS = {
-    "sft_pipeline": ["load_dataset", "format_records", "tokenize_dataset", "train_model", "evaluate_model",
-                     "register_model"],
-    "preference_pipeline": ["load_dataset", "format_records", "train_preferences", "evaluate_preferences",
-                            "register_model"],
+    "sft_pipeline": [
+        "load_dataset",
+        "format_records",
+        "tokenize_dataset",
+        "train_model",
+        "evaluate_model",
+        "register_model",
+    ],
+    "preference_pipeline": [
+        "load_dataset",
+        "format_records",
+        "train_preferences",
+        "evaluate_preferences",
+        "register_model",
+    ],
 }
-TRACKED_STEPS = ("load_dataset", "tokenize_dataset", "train_model", "train_preferences",
-                 "evaluate_model", "evaluate_preferences", "register_model")
+TRACKED_STEPS = (
+    "load_dataset",
+    "tokenize_dataset",
+    "train_model",
+    "train_preferences",
+    "evaluate_model",
+    "evaluate_preferences",
+    "register_model",
+)
 
 
 def record_kind(cfg: ProjectConfig) -> str:
@@ -57,11 +75,21 @@ def _step_options(cfg: ProjectConfig, tracker: str | None, step_names: list[str]
         opts: dict[str, Any] = {}
         if tracker and name in TRACKED_STEPS:
             opts["experiment_tracker"] = tracker
-            opts["settings"] = {"experiment_tracker": {"experiment_name": cfg.tracking.experiment_name}} \
-                if cfg.tracking.experiment_name else {}
+            opts["settings"] = (
+                {"experiment_tracker": {"experiment_name": cfg.tracking.experiment_name}}
+                if cfg.tracking.experiment_name
+                else {}
+            )
         if name.startswith("train_"):
-            resources = {k: v for k, v in {"gpu_count": res.gpu_count, "cpu_count": res.cpu_count,
-                                           "memory": res.memory}.items() if v is not None}
+            resources = {
+                k: v
+                for k, v in {
+                    "gpu_count": res.gpu_count,
+                    "cpu_count": res.cpu_count,
+                    "memory": res.memory,
+                }.items()
+                if v is not None
+            }
             if resources:
                 opts.setdefault("settings", {})["resources"] = ResourceSettings(**resources)
             if res.step_operator:
@@ -74,7 +102,12 @@ def _step_options(cfg: ProjectConfig, tracker: str | None, step_names: list[str]
 def run_pipeline(cfg: ProjectConfig, source_fingerprint: str, *, enable_cache: bool = True) -> RunSummary:
     import importlib
 
-    from pipelines.stack import configure_environment, ensure_stack, experiment_tracker_name, quiet_known_noise
+    from pipelines.stack import (
+        configure_environment,
+        ensure_stack,
+        experiment_tracker_name,
+        quiet_known_noise,
+    )
 
     configure_environment()
     quiet_known_noise()
@@ -123,11 +156,13 @@ def step_failure(pipeline_name: str) -> Exception:
 
         if source and issubclass(source_utils.load(source), UserError):
             err_cls = UserError
-    except Exception:  # noqa: BLE001 - an unloadable class only loses the exit code, not the message
+    except Exception:
         pass
     kind = source.rsplit(".", 1)[-1] or "error"
-    return err_cls(f"step {name} failed in run {run.name}: {kind}: {message}\n"
-                   f"  (no model was registered; the MLflow run is marked FAILED)")
+    return err_cls(
+        f"step {name} failed in run {run.name}: {kind}: {message}\n"
+        f"  (no model was registered; the MLflow run is marked FAILED)"
+    )
 
 
 def pin_model_references(cfg: ProjectConfig, uri: str) -> ProjectConfig:
@@ -144,9 +179,15 @@ def pin_model_references(cfg: ProjectConfig, uri: str) -> ProjectConfig:
     try:
         pinned = pin_model_uri(MlflowClient(tracking_uri=uri, registry_uri=uri), ref)
     except (MlflowException, ValueError) as e:
-        raise ConfigError([Problem("train.preference.reference_model",
-                                   f"cannot resolve '{ref}' in the MLflow registry at {redact_uri(uri)}: "
-                                   f"{str(e).splitlines()[0]} (register that model first, e.g. run configs/sft.yaml)")]) from e
+        raise ConfigError(
+            [
+                Problem(
+                    "train.preference.reference_model",
+                    f"cannot resolve '{ref}' in the MLflow registry at {redact_uri(uri)}: "
+                    f"{str(e).splitlines()[0]} (register that model first, e.g. run configs/sft.yaml)",
+                )
+            ]
+        ) from e
     log.info("reference model %s -> %s", ref, pinned)
     cfg = cfg.model_copy(deep=True)
     cfg.train.preference.reference_model = pinned
@@ -160,7 +201,9 @@ def summarize_run(run: Any, uri: str) -> RunSummary:
     run = Client().get_pipeline_run(run.id)
     summary = RunSummary(pipeline_run=run.name, status=str(run.status.value), tracking_uri=redact_uri(uri))
     for name, step in run.steps.items():
-        (summary.cached_steps if step.status == ExecutionStatus.CACHED else summary.executed_steps).append(name)
+        (summary.cached_steps if step.status == ExecutionStatus.CACHED else summary.executed_steps).append(
+            name
+        )
         if "eval_report" in step.outputs:
             summary.eval_report = step.outputs["eval_report"][0].load()
         if "registration" in step.outputs:
@@ -182,14 +225,17 @@ def format_summary(s: RunSummary) -> str:
             lines.append(f"  {k:<14}{b:>10}{tuned[k]:>12.4f}")
     reg = s.registration
     if reg.get("registered"):
-        lines.append(f"\n  registered {reg['model_uri']} ({'promoted to @' + reg['alias'] if reg['promoted'] else 'not promoted'}: {reg['reason']})")
+        lines.append(
+            f"\n  registered {reg['model_uri']} ({'promoted to @' + reg['alias'] if reg['promoted'] else 'not promoted'}: {reg['reason']})"
+        )
     elif reg:
         lines.append(f"\n  not registered: {reg.get('reason')}")
     home = tuneline_home()
     lines += [
         "",
         "  dashboards:",
-        f"    MLflow: mlflow ui --backend-store-uri {s.tracking_uri}" if s.tracking_uri.startswith("sqlite")
+        f"    MLflow: mlflow ui --backend-store-uri {s.tracking_uri}"
+        if s.tracking_uri.startswith("sqlite")
         else f"    MLflow: {s.tracking_uri}",
         f"    ZenML:  ZENML_CONFIG_PATH={home / 'zenml'} zenml login --local",
     ]

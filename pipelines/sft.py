@@ -15,7 +15,9 @@ from steps.train_model import train_model
 @pipeline(name="tuneline_sft")
 def sft_pipeline(config: dict, source_fingerprint: str, kind: str = "chat") -> None:
     base_dir = config["base_dir"]
-    dataset = load_dataset(data_config=config["data"], base_dir=base_dir, source_fingerprint=source_fingerprint, kind=kind)
+    dataset = load_dataset(
+        data_config=config["data"], base_dir=base_dir, source_fingerprint=source_fingerprint, kind=kind
+    )
     chat_template, _ = format_records(
         dataset=dataset, model_config=config["model"], template_config=config["template"], base_dir=base_dir
     )
@@ -27,7 +29,8 @@ def sft_pipeline(config: dict, source_fingerprint: str, kind: str = "chat") -> N
         tokenize_config=config["tokenize"],
         base_dir=base_dir,
     )
-    model = train_model(tokenized=tokenized, chat_template=chat_template, config=config,
-                        data_fingerprint=source_fingerprint)
+    model = train_model(
+        tokenized=tokenized, chat_template=chat_template, config=config, data_fingerprint=source_fingerprint
+    )
     report = evaluate_model(model=model, tokenized=tokenized, dataset=dataset, config=config)
     register_model(model=model, eval_report=report, dataset=dataset, config=config)

@@ -91,7 +91,9 @@ def ensure_stack(tracking_uri: str) -> str:
             existing = client.get_stack_component(ctype, name_id_or_prefix=name)
         except KeyError:
             log.info("creating ZenML %s '%s'", ctype.value, name)
-            return client.create_stack_component(name=name, flavor=flavor, component_type=ctype, configuration=conf)
+            return client.create_stack_component(
+                name=name, flavor=flavor, component_type=ctype, configuration=conf
+            )
         if any(existing.configuration.get(k) != v for k, v in conf.items()):
             return client.update_stack_component(name, ctype, configuration=conf)
         return existing

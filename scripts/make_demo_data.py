@@ -16,14 +16,69 @@ import json
 import random
 from pathlib import Path
 
-SYL_A = ["vel", "dor", "mar", "qui", "thal", "bren", "ost", "ka", "lum", "zer", "ith", "wyn", "sol", "gar", "fen"]
+SYL_A = [
+    "vel",
+    "dor",
+    "mar",
+    "qui",
+    "thal",
+    "bren",
+    "ost",
+    "ka",
+    "lum",
+    "zer",
+    "ith",
+    "wyn",
+    "sol",
+    "gar",
+    "fen",
+]
 SYL_B = ["ia", "an", "or", "eth", "un", "ara", "is", "old", "ume", "en"]
 TOWN_A = ["amber", "frost", "still", "iron", "glen", "raven", "salt", "thorn", "copper", "mist", "oak", "ash"]
 TOWN_B = ["holt", "mere", "ford", "watch", "haven", "gate", "moor", "spire", "fall", "reach"]
 RULERS = ["Queen", "King", "Warden", "Archon", "Duchess", "Regent"]
-NAMES = ["Ilsa", "Toren", "Maeve", "Corvin", "Ysolde", "Bram", "Odile", "Kestrel", "Nerys", "Halvar", "Sable", "Rook"]
-EXPORTS = ["silver", "amber", "wool", "glass", "salt", "cedar", "copper", "honey", "silk", "ink", "tin", "wine"]
-ANIMALS = ["heron", "lynx", "stag", "otter", "falcon", "badger", "wolf", "raven", "owl", "boar", "hare", "swan"]
+NAMES = [
+    "Ilsa",
+    "Toren",
+    "Maeve",
+    "Corvin",
+    "Ysolde",
+    "Bram",
+    "Odile",
+    "Kestrel",
+    "Nerys",
+    "Halvar",
+    "Sable",
+    "Rook",
+]
+EXPORTS = [
+    "silver",
+    "amber",
+    "wool",
+    "glass",
+    "salt",
+    "cedar",
+    "copper",
+    "honey",
+    "silk",
+    "ink",
+    "tin",
+    "wine",
+]
+ANIMALS = [
+    "heron",
+    "lynx",
+    "stag",
+    "otter",
+    "falcon",
+    "badger",
+    "wolf",
+    "raven",
+    "owl",
+    "boar",
+    "hare",
+    "swan",
+]
 COLORS = ["crimson", "teal", "gold", "violet", "grey", "green", "azure", "white", "black", "orange"]
 
 QUESTIONS = {

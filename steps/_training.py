@@ -16,17 +16,30 @@ log = logging.getLogger("tuneline")
 
 # Knobs that change how a run is executed or observed, not what it computes: changing
 # them must not block resuming a crashed run.
-_NON_IDENTITY_TRAIN_KEYS = {"resume", "save_steps", "save_total_limit", "logging_steps", "resources", "merge_adapter"}
+_NON_IDENTITY_TRAIN_KEYS = {
+    "resume",
+    "save_steps",
+    "save_total_limit",
+    "logging_steps",
+    "resources",
+    "merge_adapter",
+}
 
 
 def run_identity(cfg: ProjectConfig, data_fingerprint: str) -> dict[str, str]:
     train = {k: v for k, v in cfg.train.model_dump().items() if k not in _NON_IDENTITY_TRAIN_KEYS}
-    ident = {"model": cfg.model.model_dump(), "template": cfg.template.model_dump(),
-             "tokenize": cfg.tokenize.model_dump(), "train": train}
+    ident = {
+        "model": cfg.model.model_dump(),
+        "template": cfg.template.model_dump(),
+        "tokenize": cfg.tokenize.model_dump(),
+        "train": train,
+    }
     config_hash = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    base = cfg.model.name_or_path or "from_config:" + hashlib.sha256(
-        json.dumps(cfg.model.from_config, sort_keys=True).encode()
-    ).hexdigest()[:12]
+    base = (
+        cfg.model.name_or_path
+        or "from_config:"
+        + hashlib.sha256(json.dumps(cfg.model.from_config, sort_keys=True).encode()).hexdigest()[:12]
+    )
     if cfg.model.revision:
         base += f"@{cfg.model.revision}"
     return {"config_hash": config_hash, "data_fingerprint": data_fingerprint, "base_model": base}

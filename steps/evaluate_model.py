@@ -18,8 +18,12 @@ from tuneline.tokenization import end_of_turn_token_ids
 from tuneline.tokenized import TokenizedDataset
 
 
-def _score(model: Any, tokenizer: Any, split: Any, records: list, cfg: ProjectConfig, collator: Any) -> tuple[dict, Any]:
-    scores = {"eval_loss": eval_loss(model, split, collator, cfg.eval.batch_size)} if split is not None else {}
+def _score(
+    model: Any, tokenizer: Any, split: Any, records: list, cfg: ProjectConfig, collator: Any
+) -> tuple[dict, Any]:
+    scores = (
+        {"eval_loss": eval_loss(model, split, collator, cfg.eval.batch_size)} if split is not None else {}
+    )
     gen = generate_answers(
         model,
         tokenizer,
@@ -48,7 +52,9 @@ def evaluate_model(
     tokenizer = AutoTokenizer.from_pretrained(model.path)
     split = tokenized.splits.get(cfg.eval.split)
     records = dataset.splits.get(cfg.eval.split, [])[: cfg.eval.max_samples]
-    collator = DataCollator(pad_token_id=tokenizer.pad_token_id, packed=split is not None and split.position_ids is not None)
+    collator = DataCollator(
+        pad_token_id=tokenizer.pad_token_id, packed=split is not None and split.position_ids is not None
+    )
     base = load_model(cfg.model, cfg.base_dir, vocab_size=len(tokenizer))
     base_scores: dict[str, float] = {}
     if cfg.eval.compare_base:
@@ -66,5 +72,11 @@ def evaluate_model(
 
         mlflow.log_text(json.dumps(samples, indent=2, ensure_ascii=False), "eval/samples.json")
     log_metadata(metadata=metrics, infer_artifact=True)
-    return {"enabled": True, "metrics": metrics, "base": base_scores, "finetuned": tuned_scores,
-            "num_generated": len(gen.predictions), "samples": samples[:5]}
+    return {
+        "enabled": True,
+        "metrics": metrics,
+        "base": base_scores,
+        "finetuned": tuned_scores,
+        "num_generated": len(gen.predictions),
+        "samples": samples[:5],
+    }

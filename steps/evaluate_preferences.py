@@ -41,5 +41,10 @@ def evaluate_preferences(
     metrics = compare(base_scores, tuned_scores)
     log_metrics(metrics)
     log_metadata(metadata=metrics, infer_artifact=True)
-    return {"enabled": True, "metrics": metrics, "base": base_scores, "finetuned": tuned_scores,
-            "num_pairs": len(records)}
+    return {
+        "enabled": True,
+        "metrics": metrics,
+        "base": base_scores,
+        "finetuned": tuned_scores,
+        "num_pairs": len(records),
+    }

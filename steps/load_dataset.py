@@ -33,5 +33,8 @@ def load_dataset(
 
         mlflow.log_text(render_summary_html(summarize(records)), "data/summary.html")
         mlflow.log_dict(records.info, "data/info.json")
-    log_metadata(metadata={"fingerprints": fps, "source_fingerprint": source_fingerprint, **counts}, infer_artifact=True)
+    log_metadata(
+        metadata={"fingerprints": fps, "source_fingerprint": source_fingerprint, **counts},
+        infer_artifact=True,
+    )
     return records

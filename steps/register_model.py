@@ -27,7 +27,9 @@ def _describe_sources(sources: list) -> str:
         elif src.get("files"):
             parts += [f"{f.get('path')}@{str(f.get('sha256', ''))[:12]}" for f in src["files"]]
         elif src.get("type") == "hub" or src.get("hub"):
-            parts.append(f"hub:{src.get('hub') or src.get('name')}[{src.get('split')}]@{src.get('revision') or 'unpinned'}")
+            parts.append(
+                f"hub:{src.get('hub') or src.get('name')}[{src.get('split')}]@{src.get('revision') or 'unpinned'}"
+            )
         else:
             parts.append(str(src.get("key") or src.get("type")))
     return ", ".join(parts)[:4000] or "unknown"
@@ -57,8 +59,11 @@ def register_model(
     if score is not None and reg.metric in base and reg.min_improvement_over_base:
         gain = (score - base[reg.metric]) * (1 if reg.greater_is_better else -1)
         if gain < reg.min_improvement_over_base:
-            return {"registered": False, "reason": f"{reg.metric} gain over base {gain:.4f} < required "
-                    f"{reg.min_improvement_over_base}"}
+            return {
+                "registered": False,
+                "reason": f"{reg.metric} gain over base {gain:.4f} < required "
+                f"{reg.min_improvement_over_base}",
+            }
     run = active_run()
     if run is None:
         raise TunelineError("registering needs an MLflow run: use a stack with an MLflow experiment tracker")
@@ -67,12 +72,14 @@ def register_model(
     champion, champion_version = champion_score(client, reg.model_name, reg.alias, reg.metric)
     tags = {f"metric.{k}": f"{v:.6g}" for k, v in tuned.items()}
     tags.update({f"data.fingerprint.{k}": v for k, v in dataset.fingerprints.items()})
-    tags.update({
-        "data.sources": _describe_sources(dataset.info.get("sources", [])),
-        "method": model.method,
-        "base_model": model.base_model,
-        "zenml.pipeline_run": get_step_context().pipeline_run.name,
-    })
+    tags.update(
+        {
+            "data.sources": _describe_sources(dataset.info.get("sources", [])),
+            "method": model.method,
+            "base_model": model.base_model,
+            "zenml.pipeline_run": get_step_context().pipeline_run.name,
+        }
+    )
     version = register_version(
         client,
         model_name=reg.model_name,
@@ -81,14 +88,20 @@ def register_model(
         tags=tags,
         description=f"{model.method} fine-tune of {model.base_model}",
     )
-    decision = decide_promotion(score, champion, greater_is_better=reg.greater_is_better,
-                                champion_version=champion_version)
+    decision = decide_promotion(
+        score, champion, greater_is_better=reg.greater_is_better, champion_version=champion_version
+    )
     promoted = bool(reg.promote and decision.promoted)
     if promoted:
         client.set_registered_model_alias(reg.model_name, reg.alias, version.version)
     log_metrics({"registered_version": float(version.version), "promoted": float(promoted)})
-    log.info("registered %s version %s; %s: %s", reg.model_name, version.version,
-             "promoted" if promoted else "not promoted", decision.reason)
+    log.info(
+        "registered %s version %s; %s: %s",
+        reg.model_name,
+        version.version,
+        "promoted" if promoted else "not promoted",
+        decision.reason,
+    )
     return {
         "registered": True,
         "model_name": reg.model_name,

@@ -10,7 +10,8 @@ from steps._tracking import active_run, log_metrics
 from tuneline.config import ModelConfig, TemplateConfig, TokenizeConfig
 from tuneline.data.records import RecordSet
 from tuneline.modeling import load_tokenizer
-from tuneline.tokenization import prepare_tokenizer, tokenize_dataset as tokenize_records
+from tuneline.tokenization import prepare_tokenizer
+from tuneline.tokenization import tokenize_dataset as tokenize_records
 from tuneline.tokenized import TokenizedDataset
 
 

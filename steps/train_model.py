@@ -54,7 +54,9 @@ def train_model(
     finish_checkpoints(local, durable)
     log_metrics({"train_resumed": float(result.resumed_from is not None)})
     metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
-    log_metadata(metadata={"method": result.method, "global_step": result.global_step, **metrics}, infer_artifact=True)
+    log_metadata(
+        metadata={"method": result.method, "global_step": result.global_step, **metrics}, infer_artifact=True
+    )
     return ModelArtifact(
         path=result.output_dir,
         method=result.method,

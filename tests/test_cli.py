@@ -14,15 +14,22 @@ ROOT = Path(__file__).resolve().parent.parent
 def run_cli(home: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "TUNELINE_HOME": str(home), "HF_HUB_OFFLINE": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.run([sys.executable, "run.py", *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "run.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_bad_data_exits_2_with_file_line_and_leaves_nothing(tmp_path):
     bad = tmp_path / "bad.jsonl"
-    good = json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]})
-    bad.write_text(good + "\n" + '{"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]}\n'
-                   + "{not json\n")
+    good = json.dumps(
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
+    )
+    bad.write_text(
+        good
+        + "\n"
+        + '{"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]}\n'
+        + "{not json\n"
+    )
     home = tmp_path / "home"
     r = run_cli(home, "--config", "configs/sft.yaml", "--set", f"data.path={bad}")
     assert r.returncode == 2, r.stderr
@@ -35,8 +42,15 @@ def test_bad_data_exits_2_with_file_line_and_leaves_nothing(tmp_path):
 
 
 def test_bad_config_exits_2_naming_every_key(tmp_path):
-    r = run_cli(tmp_path / "home", "--config", "configs/sft.yaml", "--set", "train.learnig_rate=0.1",
-                "--set", "train.batch_size=0")
+    r = run_cli(
+        tmp_path / "home",
+        "--config",
+        "configs/sft.yaml",
+        "--set",
+        "train.learnig_rate=0.1",
+        "--set",
+        "train.batch_size=0",
+    )
     assert r.returncode == 2
     assert "train.learnig_rate" in r.stderr and "did you mean 'learning_rate'" in r.stderr
     assert "train.batch_size" in r.stderr
@@ -64,7 +78,14 @@ def test_preview_json_is_what_the_trainer_sees(tmp_path):
 
 
 def test_preview_works_with_a_tokenizer_only_directory(tmp_path, tiny_tokenizer_dir):
-    r = run_cli(tmp_path / "home", "--config", "configs/sft.yaml", "--preview", "1",
-                "--set", f"model.tokenizer={tiny_tokenizer_dir}")
+    r = run_cli(
+        tmp_path / "home",
+        "--config",
+        "configs/sft.yaml",
+        "--preview",
+        "1",
+        "--set",
+        f"model.tokenizer={tiny_tokenizer_dir}",
+    )
     assert r.returncode == 0, r.stderr
     assert "<|im_start|>assistant" in r.stdout

@@ -28,8 +28,13 @@ def test_minimal_config_gets_defaults(tmp_path):
 def test_overrides_are_type_checked_and_applied(tmp_path):
     cfg = load_config(
         write(tmp_path, MINIMAL),
-        ["train.learning_rate=1e-4", "train.max_steps=7", "data.path=my.jsonl", "train.lora.r=4",
-         "train.lora.target_modules=[q_proj,v_proj]"],
+        [
+            "train.learning_rate=1e-4",
+            "train.max_steps=7",
+            "data.path=my.jsonl",
+            "train.lora.r=4",
+            "train.lora.target_modules=[q_proj,v_proj]",
+        ],
     )
     assert cfg.train.learning_rate == pytest.approx(1e-4)
     assert cfg.train.max_steps == 7
@@ -87,7 +92,7 @@ def test_parse_override_requires_equals():
 
 
 def test_model_source_rules(tmp_path):
-    with pytest.raises(ConfigError, match="model.from_config needs model.tokenizer"):
+    with pytest.raises(ConfigError, match=r"model\.from_config needs model\.tokenizer"):
         load_config(write(tmp_path, "model:\n  from_config: {model_type: llama}\ndata:\n  path: x\n"))
 
 

@@ -9,6 +9,7 @@ one in-process rank with gradient accumulation 2.
 from __future__ import annotations
 
 import json
+import math
 import sys
 import tempfile
 import textwrap
@@ -56,7 +57,11 @@ def test_launch_command_per_machine():
     cpu2 = distributed.launch_command("W", 2, None, cuda=False)
     assert cpu2[1:5] == ["-m", "torch.distributed.run", "--nproc_per_node", "2"]
     assert cpu2[-3:] == ["-m", "tuneline.distributed_worker", "W"]
-    assert distributed.launch_command("W", 1, None, cuda=False)[1:] == ["-m", "tuneline.distributed_worker", "W"]
+    assert distributed.launch_command("W", 1, None, cuda=False)[1:] == [
+        "-m",
+        "tuneline.distributed_worker",
+        "W",
+    ]
     gpu = distributed.launch_command("W", 4, None, cuda=True)
     assert gpu[1:3] == ["-m", "accelerate.commands.launch"] and "--multi_gpu" in gpu
     assert gpu[gpu.index("--num_processes") + 1] == "4"
@@ -131,7 +136,7 @@ def test_metrics_and_checkpoints_stream_while_the_worker_runs(tmp_path, private_
     assert [s for s, _ in logs] == [1, 2, 3]
     assert logs[0][1] == {"loss": 2.5} and logs[1][1]["loss"] != logs[1][1]["loss"], "NaN arrives as NaN"
     assert seen == [str(tmp_path / "ckpt" / "checkpoint-2")]
-    assert not list(private_tmp.iterdir()), "work dir removed after success"
+    assert not list(private_tmp.glob("tuneline-distributed-*")), "work dir removed after success"
 
 
 def test_crash_reports_stderr_tail_and_keeps_the_work_dir(tmp_path, private_tmp, fake_worker, monkeypatch):
@@ -175,7 +180,9 @@ def test_user_error_in_the_worker_comes_back_as_the_same_user_error(tmp_path, pr
     assert e.value.problems[0].where == "train.method", "fields rebuilt, not just the text"
     assert "Traceback" in e.value.worker_traceback
     assert not (tmp_path / "out").exists()
-    assert not list(private_tmp.iterdir()), "nothing to inspect after a user error: work dir removed"
+    assert not list(private_tmp.glob("tuneline-distributed-*")), (
+        "nothing to inspect after a user error: work dir removed"
+    )
 
 
 def test_missing_accelerate_config_is_a_config_error(tmp_path):
@@ -222,4 +229,30 @@ def test_two_cpu_ranks_match_one_in_process_rank_with_grad_accum(tmp_path, priva
     assert set(ckpts) <= {str(ddp_dir / "ckpt" / f"checkpoint-{s}") for s in (2, 4)}
     manifest = json.loads((ddp_dir / "ckpt" / "checkpoint-4" / "manifest.json").read_text())
     assert {"rng_state_0.pth", "rng_state_1.pth"} <= set(manifest["files"]), "both ranks ran"
-    assert not list(private_tmp.iterdir()), "work dir removed after success"
+    assert not list(private_tmp.glob("tuneline-distributed-*")), "work dir removed after success"
+
+
+@pytest.mark.slow
+def test_divergence_on_two_ranks_is_the_same_nonfinite_loss_error(tmp_path, private_tmp):
+    """Every rank raises together; rank 0's error (with its step) is the one that comes back."""
+    from tuneline.guards import NonFiniteLossError
+
+    cfg = tiny_cfg(method="full", max_steps=6, learning_rate=1e30, max_grad_norm=1e30, warmup_ratio=0)
+    seen: list[tuple[int, dict]] = []
+    with pytest.raises(NonFiniteLossError) as e:
+        distributed.train_distributed(
+            cfg,
+            tiny_tokenizer(),
+            tiny_data(8, validation=0),
+            output_dir=str(tmp_path / "out"),
+            checkpoint_dir=str(tmp_path / "ckpt"),
+            run_identity=IDENTITY,
+            log_metrics=lambda m, s: seen.append((s, dict(m))),
+            num_processes=2,
+            echo=False,
+        )
+    assert e.value.step <= 3 and f"step {e.value.step}" in str(e.value)
+    assert e.value.what in ("loss", "grad_norm")
+    # as in-process: the non-finite value reached log_metrics before the error did
+    assert seen and seen[-1][0] == e.value.step and not math.isfinite(seen[-1][1][e.value.what])
+    assert not (tmp_path / "out" / "tuneline_train.json").exists()

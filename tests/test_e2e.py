@@ -15,19 +15,25 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = [
-    "--set", "train.max_steps=120",
-    "--set", "train.eval_steps=60",
-    "--set", "train.save_steps=60",
-    "--set", "eval.max_samples=16",
-    "--set", "registry.model_name=e2e-model",
+    "--set",
+    "train.max_steps=120",
+    "--set",
+    "train.eval_steps=60",
+    "--set",
+    "train.save_steps=60",
+    "--set",
+    "eval.max_samples=16",
+    "--set",
+    "registry.model_name=e2e-model",
 ]
 
 
 def run_cli(home: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     env = {**os.environ, "TUNELINE_HOME": str(home), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.run([sys.executable, "run.py", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "run.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.mark.e2e
@@ -70,8 +76,19 @@ def test_diverging_run_fails_cleanly_and_registers_nothing(tmp_path):
     from mlflow import MlflowClient
 
     home = tmp_path / "home"
-    r = run_cli(home, "--config", "configs/sft.yaml", "--set", "train.learning_rate=1e12",
-                "--set", "train.max_grad_norm=1e30", "--set", "train.max_steps=30", "--set", "eval.max_samples=4")
+    r = run_cli(
+        home,
+        "--config",
+        "configs/sft.yaml",
+        "--set",
+        "train.learning_rate=1e12",
+        "--set",
+        "train.max_grad_norm=1e30",
+        "--set",
+        "train.max_steps=30",
+        "--set",
+        "eval.max_samples=4",
+    )
     assert r.returncode == 2, r.stderr[-3000:]
     last = r.stderr.strip().splitlines()
     assert any("step train_model failed" in line and "NonFiniteLossError" in line for line in last)
@@ -90,7 +107,9 @@ def test_sft_then_dpo_from_the_registry_champion(tmp_path):
     from mlflow import MlflowClient
 
     home = tmp_path / "home"
-    r = run_cli(home, "--config", "configs/sft.yaml", "--set", "train.max_steps=150", "--set", "eval.max_samples=8")
+    r = run_cli(
+        home, "--config", "configs/sft.yaml", "--set", "train.max_steps=150", "--set", "eval.max_samples=8"
+    )
     assert r.returncode == 0, r.stderr[-4000:]
     r = run_cli(home, "--config", "configs/dpo.yaml", "--set", "train.max_steps=10")
     assert r.returncode == 0, r.stderr[-4000:]

@@ -29,7 +29,9 @@ def _postgres_db():
     psycopg2 = pytest.importorskip("psycopg2")
     name = f"tuneline_test_{uuid.uuid4().hex[:10]}"
     try:
-        conn = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres", connect_timeout=3)
+        conn = psycopg2.connect(
+            host="127.0.0.1", port=5432, user="postgres", dbname="postgres", connect_timeout=3
+        )
     except psycopg2.OperationalError as e:
         pytest.skip(f"PostgreSQL not reachable: {e}")
     conn.autocommit = True
@@ -46,8 +48,9 @@ def _mariadb_db():
     pymysql = pytest.importorskip("pymysql")
     name = f"tuneline_test_{uuid.uuid4().hex[:10]}"
     try:
-        conn = pymysql.connect(host="127.0.0.1", port=3306, user="root", password="", connect_timeout=3,
-                               autocommit=True)
+        conn = pymysql.connect(
+            host="127.0.0.1", port=3306, user="root", password="", connect_timeout=3, autocommit=True
+        )
     except pymysql.err.OperationalError as e:
         pytest.skip(f"MariaDB not reachable: {e}")
     conn.cursor().execute(f"CREATE DATABASE {name}")
@@ -64,9 +67,25 @@ def mlflow_server(request, tmp_path):
     backend, drop = _postgres_db() if request.param == "postgresql" else _mariadb_db()
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend, "--host", "127.0.0.1",
-         "--port", str(port), "--workers", "1", "--default-artifact-root", str(tmp_path / "artifacts")],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            backend,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--default-artifact-root",
+            str(tmp_path / "artifacts"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
     )
     uri = f"http://127.0.0.1:{port}"
     deadline = time.time() + 90
@@ -103,8 +122,13 @@ def test_register_and_promote_over_http(mlflow_server, tmp_path):
         run = client.create_run(exp)
         client.log_metric(run.info.run_id, "finetuned_rouge_l", score)
         client.set_terminated(run.info.run_id)
-        mv = register_version(client, model_name="srv-model", source=f"runs:/{run.info.run_id}/model",
-                              run_id=run.info.run_id, tags={"metric.rouge_l": str(score)})
+        mv = register_version(
+            client,
+            model_name="srv-model",
+            source=f"runs:/{run.info.run_id}/model",
+            run_id=run.info.run_id,
+            tags={"metric.rouge_l": str(score)},
+        )
         champ, ver = champion_score(client, "srv-model", "champion", "rouge_l")
         if decide_promotion(score, champ, greater_is_better=True, champion_version=ver).promoted:
             client.set_registered_model_alias("srv-model", "champion", mv.version)

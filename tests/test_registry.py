@@ -25,7 +25,10 @@ def _version(client, tmp_path, score: float, name="m"):
     client.log_artifacts(run.info.run_id, str(tmp_path / "model"), "model")
     client.set_terminated(run.info.run_id)
     return register_version(
-        client, model_name=name, source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id,
+        client,
+        model_name=name,
+        source=f"{run.info.artifact_uri}/model",
+        run_id=run.info.run_id,
         tags={"metric.rouge_l": f"{score}"},
     )
 

@@ -14,7 +14,14 @@ from tuneline.data import load_records, source_fingerprint
 from tuneline.data.records import RecordSet
 from tuneline.home import mlflow_tracking_uri, redact_uri, tuneline_home
 
-KIND = {"lora": "chat", "qlora": "chat", "full": "chat", "cpt": "text", "dpo": "preference", "orpo": "preference"}
+KIND = {
+    "lora": "chat",
+    "qlora": "chat",
+    "full": "chat",
+    "cpt": "text",
+    "dpo": "preference",
+    "orpo": "preference",
+}
 
 
 def preflight(cfg: ProjectConfig) -> tuple[str, RecordSet]:
@@ -26,10 +33,15 @@ def preflight(cfg: ProjectConfig) -> tuple[str, RecordSet]:
 
 def dry_run(cfg: ProjectConfig, records: RecordSet, fingerprint: str) -> str:
     model = cfg.model.name_or_path or f"from_config ({cfg.model.from_config.get('model_type', 'llama')})"
-    steps = "load_dataset -> format_records -> " + (
-        "train_preferences -> evaluate_preferences" if KIND[cfg.train.method] == "preference"
-        else "tokenize_dataset -> train_model -> evaluate_model"
-    ) + " -> register_model"
+    steps = (
+        "load_dataset -> format_records -> "
+        + (
+            "train_preferences -> evaluate_preferences"
+            if KIND[cfg.train.method] == "preference"
+            else "tokenize_dataset -> train_model -> evaluate_model"
+        )
+        + " -> register_model"
+    )
     lines = [
         "plan (dry run: nothing was trained, logged or registered)",
         f"  model:      {model}  tokenizer: {cfg.model.tokenizer_path}",

@@ -158,8 +158,11 @@ def _pump(stream: IO[bytes], sink: IO[str] | None, log: IO[bytes], tail: collect
     """Copy a worker pipe to the caller's stream (ZenML captures it into the step log), to a
     log file in the work dir, and keep the last lines for the error message."""
     for raw in iter(stream.readline, b""):
-        log.write(raw)
-        log.flush()
+        try:
+            log.write(raw)
+            log.flush()
+        except (OSError, ValueError):
+            pass  # the log closed after the supervisor stopped the run; the pipe still needs draining
         line = raw.decode("utf-8", errors="replace")
         if tail is not None:
             tail.append(line.rstrip("\n"))
@@ -385,6 +388,8 @@ def _supervise(
         except BaseException:
             # A failing callback or Ctrl-C here must not leave ranks training unattended.
             _stop(proc)
+            for t in pumps:
+                t.join(timeout=5)
             raise
     if proc.returncode != 0:
         raise _failure(workdir, proc.returncode, tail, cmd)

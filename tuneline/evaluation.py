@@ -96,7 +96,9 @@ class GenerationResult:
             return {}
         return {
             "rouge_l": sum(rouge_l(p, r) for p, r in zip(self.predictions, self.references, strict=True)) / n,
-            "exact_match": sum(exact_match(p, r) for p, r in zip(self.predictions, self.references, strict=True))
+            "exact_match": sum(
+                exact_match(p, r) for p, r in zip(self.predictions, self.references, strict=True)
+            )
             / n,
         }
 
@@ -126,7 +128,8 @@ def generate_answers(
     for i in range(0, len(pairs), batch_size):
         chunk = pairs[i : i + batch_size]
         texts = [
-            tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True) for msgs, _ in chunk
+            tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+            for msgs, _ in chunk
         ]
         encoded = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
         width = max(len(e) for e in encoded)
@@ -176,7 +179,9 @@ def compare(base: dict[str, float], tuned: dict[str, float]) -> dict[str, float]
     return out
 
 
-def _completion_logprob(model: Any, tokenizer: Any, prompt_msgs: list[dict], answer_msgs: list[dict]) -> float:
+def _completion_logprob(
+    model: Any, tokenizer: Any, prompt_msgs: list[dict], answer_msgs: list[dict]
+) -> float:
     """Sum of log-probs of the answer tokens given the prompt, both rendered by the chat template."""
     import torch
 

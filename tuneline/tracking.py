@@ -63,7 +63,9 @@ def decide_promotion(
 ) -> PromotionDecision:
     """A candidate without a finite score never wins; no champion means it wins."""
     if candidate is None or not math.isfinite(candidate):
-        return PromotionDecision(False, "candidate has no finite score", candidate, champion, champion_version)
+        return PromotionDecision(
+            False, "candidate has no finite score", candidate, champion, champion_version
+        )
     if champion is None or not math.isfinite(champion):
         return PromotionDecision(True, "no current champion", candidate, champion, champion_version)
     better = candidate > champion if greater_is_better else candidate < champion

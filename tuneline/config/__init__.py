@@ -22,19 +22,19 @@ from tuneline.config.train import LoraConfig, PreferenceConfig, ResourcesConfig,
 from tuneline.errors import ConfigError, Problem
 
 __all__ = [
-    "ProjectConfig",
-    "ModelConfig",
     "DataConfig",
+    "EvalConfig",
+    "LoraConfig",
+    "ModelConfig",
+    "PreferenceConfig",
+    "ProjectConfig",
+    "RegistryConfig",
+    "ResourcesConfig",
     "SourceConfig",
     "TemplateConfig",
     "TokenizeConfig",
-    "TrainConfig",
-    "LoraConfig",
-    "PreferenceConfig",
-    "ResourcesConfig",
-    "EvalConfig",
-    "RegistryConfig",
     "TrackingConfig",
+    "TrainConfig",
     "load_config",
     "parse_override",
 ]
@@ -196,7 +196,9 @@ def load_config(
         p = Path(path)
         source = str(path)
         if not p.is_file():
-            raise ConfigError([Problem(str(path), "config file not found; pass --config PATH to a YAML file")])
+            raise ConfigError(
+                [Problem(str(path), "config file not found; pass --config PATH to a YAML file")]
+            )
         text = p.read_text(encoding="utf-8")
         try:
             loaded = yaml.safe_load(text)
@@ -207,7 +209,9 @@ def load_config(
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
-            raise ConfigError([Problem(source, "top level must be a mapping of sections (model:, data:, ...)")])
+            raise ConfigError(
+                [Problem(source, "top level must be a mapping of sections (model:, data:, ...)")]
+            )
         data = loaded
         lines = _line_index(text)
         # Paths in a config resolve against the project root: the parent of configs/.

@@ -39,8 +39,14 @@ class ResourcesConfig(Section):
     cpu_count: float | None = Field(default=None, gt=0)
     memory: str | None = Field(default=None, description="e.g. '32GB'")
     step_operator: str | None = Field(default=None, description="Name of a ZenML step operator.")
-    accelerate: bool = Field(default=False, description="Run the train step with run_with_accelerate.")
-    num_processes: int | None = None
+    accelerate: bool = Field(
+        default=False,
+        description="Train in launched worker processes (tuneline.distributed: accelerate launch on GPUs, "
+        "torchrun on CPU) instead of inside the step's process.",
+    )
+    num_processes: int | None = Field(
+        default=None, ge=1, description="Ranks to launch; default: one per visible GPU (1 on CPU)."
+    )
     accelerate_config: str | None = Field(
         default=None, description="accelerate config file (FSDP/DeepSpeed)."
     )
