@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from zenml import pipeline
 
+from pipelines import EVAL_SECTIONS, REGISTER_SECTIONS, TRAIN_SECTIONS, sections
 from steps.evaluate_preferences import evaluate_preferences
 from steps.format_records import format_records
 from steps.load_dataset import load_dataset
@@ -25,7 +26,12 @@ def preference_pipeline(config: dict, source_fingerprint: str, kind: str = "pref
         dataset=dataset, model_config=config["model"], template_config=config["template"], base_dir=base_dir
     )
     model = train_preferences(
-        dataset=dataset, chat_template=chat_template, config=config, data_fingerprint=source_fingerprint
+        dataset=dataset,
+        chat_template=chat_template,
+        config=sections(config, TRAIN_SECTIONS),
+        data_fingerprint=source_fingerprint,
     )
-    report = evaluate_preferences(model=model, dataset=dataset, config=config)
-    register_model(model=model, eval_report=report, dataset=dataset, config=config)
+    report = evaluate_preferences(model=model, dataset=dataset, config=sections(config, EVAL_SECTIONS))
+    register_model(
+        model=model, eval_report=report, dataset=dataset, config=sections(config, REGISTER_SECTIONS)
+    )

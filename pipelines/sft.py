@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from zenml import pipeline
 
+from pipelines import EVAL_SECTIONS, REGISTER_SECTIONS, TRAIN_SECTIONS, sections
 from steps.evaluate_model import evaluate_model
 from steps.format_records import format_records
 from steps.load_dataset import load_dataset
@@ -30,7 +31,14 @@ def sft_pipeline(config: dict, source_fingerprint: str, kind: str = "chat") -> N
         base_dir=base_dir,
     )
     model = train_model(
-        tokenized=tokenized, chat_template=chat_template, config=config, data_fingerprint=source_fingerprint
+        tokenized=tokenized,
+        chat_template=chat_template,
+        config=sections(config, TRAIN_SECTIONS),
+        data_fingerprint=source_fingerprint,
     )
-    report = evaluate_model(model=model, tokenized=tokenized, dataset=dataset, config=config)
-    register_model(model=model, eval_report=report, dataset=dataset, config=config)
+    report = evaluate_model(
+        model=model, tokenized=tokenized, dataset=dataset, config=sections(config, EVAL_SECTIONS)
+    )
+    register_model(
+        model=model, eval_report=report, dataset=dataset, config=sections(config, REGISTER_SECTIONS)
+    )

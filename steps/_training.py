@@ -48,13 +48,13 @@ def run_identity(cfg: ProjectConfig, data_fingerprint: str) -> dict[str, str]:
 def checkpoint_dirs(cfg: ProjectConfig) -> tuple[str, str | None]:
     """(local dir the trainer writes, durable dir in the artifact store or None if that is local).
 
-    Keyed by project and model name, not by config hash, so that a rerun after a
+    Keyed by project name and method, not by config hash, so that a rerun after a
     crash finds its checkpoints and a changed config is detected and refused.
     """
     from zenml.client import Client
 
     store = Client().active_stack.artifact_store
-    key = f"{cfg.name}--{cfg.registry.model_name}--{cfg.train.method}".replace("/", "_")
+    key = f"{cfg.name}--{cfg.train.method}".replace("/", "_")
     durable = os.path.join(store.path, "checkpoints", key)
     if store.flavor == "local":
         return durable, None

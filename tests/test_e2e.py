@@ -70,6 +70,14 @@ def test_sft_pipeline_end_to_end(tmp_path):
     assert "cached steps" in r2.stdout and "executed steps" not in r2.stdout
     assert len(client.search_model_versions("name='e2e-model'")) == 1
 
+    # Changing only an eval setting re-runs evaluation (and registration), never training.
+    r3 = run_cli(home, "--config", "configs/sft.yaml", *FAST, "--set", "eval.max_samples=8")
+    assert r3.returncode == 0, r3.stderr[-4000:]
+    cached = next(line for line in r3.stdout.splitlines() if "cached steps" in line)
+    executed = next(line for line in r3.stdout.splitlines() if "executed steps" in line)
+    assert "train_model" in cached and "tokenize_dataset" in cached
+    assert "evaluate_model" in executed
+
 
 @pytest.mark.e2e
 def test_diverging_run_fails_cleanly_and_registers_nothing(tmp_path):
