@@ -105,7 +105,50 @@ def local_reference_model(cfg: ProjectConfig) -> ProjectConfig:
     return cfg
 
 
-def mlflow_logger() -> Any:
-    from steps._tracking import log_metrics
+def run_training(cfg: ProjectConfig, data: Any, chat_template: str, data_fingerprint: str) -> Any:
+    """The body both train steps share: tokenizer, durable checkpoints, in-process or multi-process.
 
-    return lambda metrics, step: log_metrics(metrics, step=step)
+    Returns the ModelArtifact. With `train.resources.accelerate` the standalone training
+    core runs under accelerate/torchrun in worker processes (ZenML's run_with_accelerate
+    cannot pass artifact inputs such as a TokenizedDataset to them).
+    """
+    from zenml import log_metadata
+
+    from steps._tracking import log_metrics, log_params
+    from tuneline.artifacts import ModelArtifact
+    from tuneline.modeling import load_tokenizer
+    from tuneline.tokenization import prepare_tokenizer
+    from tuneline.training import train
+
+    log_params(cfg.model_dump(mode="json", exclude={"eval", "registry", "tracking"}))
+    tokenizer = prepare_tokenizer(load_tokenizer(cfg.model, cfg.base_dir), cfg.template, cfg.base_dir)
+    tokenizer.chat_template = chat_template
+    identity = run_identity(cfg, data_fingerprint)  # with a pinned models:/ URI, never a temp path
+    local, durable = checkpoint_dirs(cfg)
+    restore_from_durable(local, durable)
+    kwargs = dict(
+        output_dir=tempfile.mkdtemp(prefix="tuneline-model-"),
+        checkpoint_dir=local,
+        run_identity=identity,
+        log_metrics=lambda metrics, step: log_metrics(metrics, step=step),
+        on_checkpoint=lambda path: sync_checkpoint(path, local, durable),
+    )
+    start_cfg = local_reference_model(cfg)
+    if cfg.train.resources.accelerate:
+        from tuneline.distributed import train_distributed
+
+        result = train_distributed(start_cfg, tokenizer, data, **kwargs)
+    else:
+        result = train(start_cfg, tokenizer, data, **kwargs)
+    finish_checkpoints(local, durable)
+    metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
+    log_metrics({"train_resumed": float(result.resumed_from is not None)})
+    log_metadata(
+        metadata={"method": result.method, "global_step": result.global_step, **metrics}, infer_artifact=True
+    )
+    return ModelArtifact(
+        path=result.output_dir,
+        method=result.method,
+        base_model=cfg.train.preference.reference_model or cfg.model.name_or_path or "from_config",
+        metrics=metrics,
+    )

@@ -1,28 +1,18 @@
-"""Preference tuning with TRL (DPO / ORPO) on chosen/rejected pairs."""
+"""Preference tuning with TRL (DPO / ORPO) on chosen/rejected pairs.
+
+TRL tokenizes the pairs itself, with the chat template chosen by format_records.
+"""
 
 from __future__ import annotations
 
-import tempfile
 from typing import Annotated
 
-from zenml import log_metadata, step
+from zenml import step
 
-from steps._tracking import log_params
-from steps._training import (
-    checkpoint_dirs,
-    finish_checkpoints,
-    local_reference_model,
-    mlflow_logger,
-    restore_from_durable,
-    run_identity,
-    sync_checkpoint,
-)
+from steps._training import run_training
 from tuneline.artifacts import ModelArtifact
 from tuneline.config import ProjectConfig
 from tuneline.data.records import RecordSet
-from tuneline.modeling import load_tokenizer
-from tuneline.tokenization import prepare_tokenizer
-from tuneline.training import train
 
 
 @step
@@ -32,31 +22,4 @@ def train_preferences(
     config: dict,
     data_fingerprint: str,
 ) -> Annotated[ModelArtifact, "model"]:
-    cfg = ProjectConfig.model_validate(config)
-    log_params(config)
-    tokenizer = prepare_tokenizer(load_tokenizer(cfg.model, cfg.base_dir), cfg.template, cfg.base_dir)
-    tokenizer.chat_template = chat_template
-    local, durable = checkpoint_dirs(cfg)
-    restore_from_durable(local, durable)
-    identity = run_identity(cfg, data_fingerprint)  # with the pinned models:/ URI, not a temp path
-    result = train(
-        local_reference_model(cfg),
-        tokenizer,
-        dataset,
-        output_dir=tempfile.mkdtemp(prefix="tuneline-model-"),
-        checkpoint_dir=local,
-        run_identity=identity,
-        log_metrics=mlflow_logger(),
-        on_checkpoint=lambda path: sync_checkpoint(path, local, durable),
-    )
-    finish_checkpoints(local, durable)
-    metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
-    log_metadata(
-        metadata={"method": result.method, "global_step": result.global_step, **metrics}, infer_artifact=True
-    )
-    return ModelArtifact(
-        path=result.output_dir,
-        method=result.method,
-        base_model=cfg.train.preference.reference_model or cfg.model.name_or_path or "from_config",
-        metrics=metrics,
-    )
+    return run_training(ProjectConfig.model_validate(config), dataset, chat_template, data_fingerprint)

@@ -135,3 +135,23 @@ def test_continued_pretraining_end_to_end(tmp_path):
     r = run_cli(tmp_path / "home", "--config", "configs/cpt.yaml", "--set", "train.max_steps=40")
     assert r.returncode == 0, r.stderr[-4000:]
     assert "registered models:/lorekeep-tiny-cpt/1" in r.stdout
+
+
+@pytest.mark.slow
+def test_pipeline_trains_with_two_processes(tmp_path):
+    """train.resources.accelerate launches the training core in 2 ranks (gloo on CPU)."""
+    r = run_cli(
+        tmp_path / "home",
+        "--config",
+        "configs/sft.yaml",
+        *FAST[:2],
+        "--set",
+        "eval.max_samples=4",
+        "--set",
+        "train.resources.accelerate=true",
+        "--set",
+        "train.resources.num_processes=2",
+    )
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert "--nproc_per_node 2" in r.stderr
+    assert "registered models:/lorekeep-tiny/1" in r.stdout
