@@ -49,13 +49,13 @@ def main(argv: list[str] | None = None) -> int:
             for line in preview(cfg, args.preview, as_json=args.json):
                 print(line)
             return 0
-        fingerprint, records = preflight(cfg)
+        fingerprints, records = preflight(cfg)
         if args.dry_run:
-            print(dry_run(cfg, records, fingerprint))
+            print(dry_run(cfg, records, fingerprints))
             return 0
         from pipelines.runner import format_summary, run_pipeline
 
-        summary = run_pipeline(cfg, fingerprint, enable_cache=not args.no_cache)
+        summary = run_pipeline(cfg, fingerprints, enable_cache=not args.no_cache)
         print(format_summary(summary))
         return 0
     except UserError as e:

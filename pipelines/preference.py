@@ -17,19 +17,23 @@ from steps.train_preferences import train_preferences
 
 
 @pipeline(name="tuneline_preference")
-def preference_pipeline(config: dict, source_fingerprint: str, kind: str = "preference") -> None:
+def preference_pipeline(config: dict, fingerprints: dict, kind: str = "preference") -> None:
     base_dir = config["base_dir"]
     dataset = load_dataset(
-        data_config=config["data"], base_dir=base_dir, source_fingerprint=source_fingerprint, kind=kind
+        data_config=config["data"], base_dir=base_dir, source_fingerprint=fingerprints["data"], kind=kind
     )
     chat_template, _ = format_records(
-        dataset=dataset, model_config=config["model"], template_config=config["template"], base_dir=base_dir
+        dataset=dataset,
+        model_config=config["model"],
+        template_config=config["template"],
+        base_dir=base_dir,
+        local_files_fingerprint=fingerprints["local_files"],
     )
     model = train_preferences(
         dataset=dataset,
         chat_template=chat_template,
         config=sections(config, TRAIN_SECTIONS),
-        data_fingerprint=source_fingerprint,
+        fingerprints=fingerprints,
     )
     report = evaluate_preferences(model=model, dataset=dataset, config=sections(config, EVAL_SECTIONS))
     register_model(

@@ -11,17 +11,15 @@ from typing import Any
 
 from tuneline.config import ProjectConfig
 from tuneline.home import mlflow_tracking_uri, redact_uri, tuneline_home
+from tuneline.tracking import ensure_experiment
 
 log = logging.getLogger("tuneline")
 
-# train.method -> (pipeline module, pipeline function, record kind it trains on)
+# record kind (from train.method) -> (pipeline module, pipeline function)
 PIPELINES = {
-    "lora": ("pipelines.sft", "sft_pipeline", "chat"),
-    "qlora": ("pipelines.sft", "sft_pipeline", "chat"),
-    "full": ("pipelines.sft", "sft_pipeline", "chat"),
-    "cpt": ("pipelines.sft", "sft_pipeline", "text"),
-    "dpo": ("pipelines.preference", "preference_pipeline", "preference"),
-    "orpo": ("pipelines.preference", "preference_pipeline", "preference"),
+    "chat": ("pipelines.sft", "sft_pipeline"),
+    "text": ("pipelines.sft", "sft_pipeline"),
+    "preference": ("pipelines.preference", "preference_pipeline"),
 }
 STEPS = {
     "sft_pipeline": [
@@ -49,10 +47,6 @@ TRACKED_STEPS = (
     "evaluate_preferences",
     "register_model",
 )
-
-
-def record_kind(cfg: ProjectConfig) -> str:
-    return PIPELINES[cfg.train.method][2]
 
 
 @dataclass
@@ -99,7 +93,9 @@ def _step_options(cfg: ProjectConfig, tracker: str | None, step_names: list[str]
     return options
 
 
-def run_pipeline(cfg: ProjectConfig, source_fingerprint: str, *, enable_cache: bool = True) -> RunSummary:
+def run_pipeline(
+    cfg: ProjectConfig, fingerprints: dict[str, str], *, enable_cache: bool = True
+) -> RunSummary:
     import importlib
 
     from pipelines.stack import (
@@ -115,15 +111,22 @@ def run_pipeline(cfg: ProjectConfig, source_fingerprint: str, *, enable_cache: b
     uri = mlflow_tracking_uri(cfg.tracking.mlflow_tracking_uri)
     ensure_stack(uri)
     cfg = pin_model_references(cfg, uri)
-    module, func, kind = PIPELINES[cfg.train.method]
+    kind = cfg.kind
+    module, func = PIPELINES[kind]
     pipe = getattr(importlib.import_module(module), func)
     step_names = STEPS[func]
+    ensure_experiment(
+        uri, cfg.tracking.experiment_name or pipe.name, str(tuneline_home() / "mlflow-artifacts")
+    )
     configured = pipe.with_options(
         enable_cache=enable_cache,
         steps=_step_options(cfg, experiment_tracker_name(), step_names),
     )
+    # `tracking` stays out of the run's parameters: a URI may carry credentials, and no
+    # step needs it (the stack's experiment tracker holds the URI, secrets as ZenML secrets).
+    config = cfg.model_dump(mode="json", exclude={"tracking"})
     try:
-        run = configured(config=cfg.model_dump(mode="json"), source_fingerprint=source_fingerprint, kind=kind)
+        run = configured(config=config, fingerprints=fingerprints, kind=kind)
     except RuntimeError as e:
         raise step_failure(configured.name) from e
     return summarize_run(run, uri)
@@ -156,8 +159,8 @@ def step_failure(pipeline_name: str) -> Exception:
 
         if source and issubclass(source_utils.load(source), UserError):
             err_cls = UserError
-    except Exception:
-        pass
+    except (ImportError, AttributeError, ValueError, TypeError) as e:
+        log.debug("could not load exception class %s: %s", source, e)
     kind = source.rsplit(".", 1)[-1] or "error"
     return err_cls(
         f"step {name} failed in run {run.name}: {kind}: {message}\n"

@@ -14,13 +14,17 @@ from steps.train_model import train_model
 
 
 @pipeline(name="tuneline_sft")
-def sft_pipeline(config: dict, source_fingerprint: str, kind: str = "chat") -> None:
+def sft_pipeline(config: dict, fingerprints: dict, kind: str = "chat") -> None:
     base_dir = config["base_dir"]
     dataset = load_dataset(
-        data_config=config["data"], base_dir=base_dir, source_fingerprint=source_fingerprint, kind=kind
+        data_config=config["data"], base_dir=base_dir, source_fingerprint=fingerprints["data"], kind=kind
     )
     chat_template, _ = format_records(
-        dataset=dataset, model_config=config["model"], template_config=config["template"], base_dir=base_dir
+        dataset=dataset,
+        model_config=config["model"],
+        template_config=config["template"],
+        base_dir=base_dir,
+        local_files_fingerprint=fingerprints["local_files"],
     )
     tokenized = tokenize_dataset(
         dataset=dataset,
@@ -34,7 +38,7 @@ def sft_pipeline(config: dict, source_fingerprint: str, kind: str = "chat") -> N
         tokenized=tokenized,
         chat_template=chat_template,
         config=sections(config, TRAIN_SECTIONS),
-        data_fingerprint=source_fingerprint,
+        fingerprints=fingerprints,
     )
     report = evaluate_model(
         model=model, tokenized=tokenized, dataset=dataset, config=sections(config, EVAL_SECTIONS)

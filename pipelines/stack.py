@@ -10,6 +10,7 @@ import logging
 import os
 from typing import Any
 
+from tuneline.errors import ConfigError, Problem
 from tuneline.home import artifact_store_dir, redact_uri, zenml_config_dir
 
 log = logging.getLogger("tuneline")
@@ -49,13 +50,31 @@ def quiet_known_noise() -> None:
 
 def _tracker_config(tracking_uri: str) -> dict[str, Any]:
     """Remote MLflow servers need credentials in ZenML; they go to a ZenML secret, not the config."""
+    from urllib.parse import unquote, urlsplit, urlunsplit
+
+    parts = urlsplit(tracking_uri)
     conf: dict[str, Any] = {"tracking_uri": tracking_uri}
     if not tracking_uri.startswith(("http://", "https://")):
+        if parts.password:
+            raise ConfigError(
+                [
+                    Problem(
+                        "tracking.mlflow_tracking_uri",
+                        "put database credentials in the environment (e.g. ~/.pgpass), not in the URI",
+                    )
+                ]
+            )
         return conf
+    # user:password@ in an http URI moves into the secret; the component keeps a clean URI.
+    host = parts.hostname or ""
+    if parts.port:
+        host += f":{parts.port}"
+    conf["tracking_uri"] = urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
     from zenml.client import Client
 
     client = Client()
-    user, pwd = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    user = unquote(parts.username) if parts.username else os.environ.get("MLFLOW_TRACKING_USERNAME")
+    pwd = unquote(parts.password) if parts.password else os.environ.get("MLFLOW_TRACKING_PASSWORD")
     token = os.environ.get("MLFLOW_TRACKING_TOKEN")
     values = {"username": user, "password": pwd} if user and pwd else {"token": token or "unused"}
     try:

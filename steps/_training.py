@@ -26,7 +26,7 @@ _NON_IDENTITY_TRAIN_KEYS = {
 }
 
 
-def run_identity(cfg: ProjectConfig, data_fingerprint: str) -> dict[str, str]:
+def run_identity(cfg: ProjectConfig, fingerprints: dict[str, str]) -> dict[str, str]:
     train = {k: v for k, v in cfg.train.model_dump().items() if k not in _NON_IDENTITY_TRAIN_KEYS}
     ident = {
         "model": cfg.model.model_dump(),
@@ -42,7 +42,12 @@ def run_identity(cfg: ProjectConfig, data_fingerprint: str) -> dict[str, str]:
     )
     if cfg.model.revision:
         base += f"@{cfg.model.revision}"
-    return {"config_hash": config_hash, "data_fingerprint": data_fingerprint, "base_model": base}
+    return {
+        "config_hash": config_hash,
+        "data_fingerprint": fingerprints["data"],
+        "local_files_fingerprint": fingerprints["local_files"],
+        "base_model": base,
+    }
 
 
 def checkpoint_dirs(cfg: ProjectConfig) -> tuple[str, str | None]:
@@ -105,7 +110,7 @@ def local_reference_model(cfg: ProjectConfig) -> ProjectConfig:
     return cfg
 
 
-def run_training(cfg: ProjectConfig, data: Any, chat_template: str, data_fingerprint: str) -> Any:
+def run_training(cfg: ProjectConfig, data: Any, chat_template: str, fingerprints: dict[str, str]) -> Any:
     """The body both train steps share: tokenizer, durable checkpoints, in-process or multi-process.
 
     Returns the ModelArtifact. With `train.resources.accelerate` the standalone training
@@ -123,7 +128,7 @@ def run_training(cfg: ProjectConfig, data: Any, chat_template: str, data_fingerp
     log_params(cfg.model_dump(mode="json", exclude={"eval", "registry", "tracking"}))
     tokenizer = prepare_tokenizer(load_tokenizer(cfg.model, cfg.base_dir), cfg.template, cfg.base_dir)
     tokenizer.chat_template = chat_template
-    identity = run_identity(cfg, data_fingerprint)  # with a pinned models:/ URI, never a temp path
+    identity = run_identity(cfg, fingerprints)  # with a pinned models:/ URI, never a temp path
     local, durable = checkpoint_dirs(cfg)
     restore_from_durable(local, durable)
     kwargs = dict(

@@ -19,8 +19,11 @@ def format_records(
     model_config: dict,
     template_config: dict,
     base_dir: str,
+    local_files_fingerprint: str,
     num_examples: int = 3,
 ) -> tuple[Annotated[str, "chat_template"], Annotated[MarkdownString, "formatted_examples"]]:
+    """`local_files_fingerprint` is a cache key only: an edited tokenizer or jinja file at the
+    same path re-runs formatting and everything downstream of it."""
     tokenizer = load_tokenizer(ModelConfig.model_validate(model_config), base_dir)
     tcfg = TemplateConfig.model_validate(template_config)
     template = resolve_chat_template(tokenizer, tcfg, base_dir)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 from typing import Annotated
 
 from zenml import get_step_context, step
@@ -13,7 +12,7 @@ from tuneline.artifacts import ModelArtifact
 from tuneline.config import ProjectConfig
 from tuneline.data.records import RecordSet
 from tuneline.errors import TunelineError
-from tuneline.tracking import champion_score, decide_promotion, register_version
+from tuneline.tracking import champion_score, decide_promotion, register_version, registration_refusal
 
 log = logging.getLogger("tuneline")
 
@@ -50,20 +49,10 @@ def register_model(
     tuned = (eval_report.get("finetuned") or {}) if eval_report.get("enabled") else {}
     base = eval_report.get("base") or {}
     score = tuned.get(reg.metric)
-    if not reg.enabled:
-        return {"registered": False, "reason": "registry.enabled is false"}
-    if eval_report.get("enabled") and score is None:
-        raise TunelineError(f"registry.metric '{reg.metric}' is not among the eval metrics {sorted(tuned)}")
-    if score is not None and not math.isfinite(score):
-        return {"registered": False, "reason": f"{reg.metric} is not finite ({score})"}
-    if score is not None and reg.metric in base and reg.min_improvement_over_base:
-        gain = (score - base[reg.metric]) * (1 if reg.greater_is_better else -1)
-        if gain < reg.min_improvement_over_base:
-            return {
-                "registered": False,
-                "reason": f"{reg.metric} gain over base {gain:.4f} < required "
-                f"{reg.min_improvement_over_base}",
-            }
+    refusal = registration_refusal(reg, tuned, base, evaluated=bool(eval_report.get("enabled")))
+    if refusal:
+        log.warning("not registering: %s", refusal)
+        return {"registered": False, "reason": refusal}
     run = active_run()
     if run is None:
         raise TunelineError("registering needs an MLflow run: use a stack with an MLflow experiment tracker")

@@ -28,9 +28,7 @@ def tokenize_dataset(
     tcfg = TemplateConfig.model_validate(template_config)
     tokenizer = prepare_tokenizer(tokenizer, tcfg, base_dir)
     tokenizer.chat_template = chat_template
-    tokenized = tokenize_records(
-        dataset, tokenizer, TokenizeConfig.model_validate(tokenize_config), system_prompt=tcfg.system_prompt
-    )
+    tokenized = tokenize_records(dataset, tokenizer, TokenizeConfig.model_validate(tokenize_config))
     stats = {}
     for split, s in tokenized.splits.items():
         for k, v in s.stats.items():

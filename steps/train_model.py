@@ -17,6 +17,6 @@ def train_model(
     tokenized: TokenizedDataset,
     chat_template: str,
     config: dict,
-    data_fingerprint: str,
+    fingerprints: dict,
 ) -> Annotated[ModelArtifact, "model"]:
-    return run_training(ProjectConfig.model_validate(config), tokenized, chat_template, data_fingerprint)
+    return run_training(ProjectConfig.model_validate(config), tokenized, chat_template, fingerprints)

@@ -20,6 +20,6 @@ def train_preferences(
     dataset: RecordSet,
     chat_template: str,
     config: dict,
-    data_fingerprint: str,
+    fingerprints: dict,
 ) -> Annotated[ModelArtifact, "model"]:
-    return run_training(ProjectConfig.model_validate(config), dataset, chat_template, data_fingerprint)
+    return run_training(ProjectConfig.model_validate(config), dataset, chat_template, fingerprints)

@@ -12,32 +12,28 @@ from typing import Any
 from tuneline.config import ProjectConfig
 from tuneline.data import load_records, source_fingerprint
 from tuneline.data.records import RecordSet
+from tuneline.fingerprints import local_inputs_fingerprint
 from tuneline.home import mlflow_tracking_uri, redact_uri, tuneline_home
 
-KIND = {
-    "lora": "chat",
-    "qlora": "chat",
-    "full": "chat",
-    "cpt": "text",
-    "dpo": "preference",
-    "orpo": "preference",
-}
+
+def preflight(cfg: ProjectConfig) -> tuple[dict[str, str], RecordSet]:
+    """Validate data (raises DataError with every problem); return the cache fingerprints.
+
+    `data`: the raw data files and data config; `local_files`: the local tokenizer,
+    template and model files the config points at.
+    """
+    fps = {"data": source_fingerprint(cfg.data, cfg.base_dir), "local_files": local_inputs_fingerprint(cfg)}
+    records = load_records(cfg.data, cfg.base_dir, kind=cfg.kind)
+    return fps, records
 
 
-def preflight(cfg: ProjectConfig) -> tuple[str, RecordSet]:
-    """Validate data (raises DataError with every problem) and return its cache fingerprint."""
-    fp = source_fingerprint(cfg.data, cfg.base_dir)
-    records = load_records(cfg.data, cfg.base_dir, kind=KIND[cfg.train.method])
-    return fp, records
-
-
-def dry_run(cfg: ProjectConfig, records: RecordSet, fingerprint: str) -> str:
+def dry_run(cfg: ProjectConfig, records: RecordSet, fingerprints: dict[str, str]) -> str:
     model = cfg.model.name_or_path or f"from_config ({cfg.model.from_config.get('model_type', 'llama')})"
     steps = (
         "load_dataset -> format_records -> "
         + (
             "train_preferences -> evaluate_preferences"
-            if KIND[cfg.train.method] == "preference"
+            if cfg.kind == "preference"
             else "tokenize_dataset -> train_model -> evaluate_model"
         )
         + " -> register_model"
@@ -48,7 +44,7 @@ def dry_run(cfg: ProjectConfig, records: RecordSet, fingerprint: str) -> str:
         f"  method:     {cfg.train.method}  lr={cfg.train.learning_rate}  max_steps={cfg.train.max_steps}"
         f"  batch={cfg.train.batch_size}x{cfg.train.gradient_accumulation_steps}",
         f"  data:       {', '.join(f'{k}={len(v)}' for k, v in records.splits.items())}  "
-        f"(source fingerprint {fingerprint})",
+        f"(data fingerprint {fingerprints['data']}, local files {fingerprints['local_files']})",
         f"  template:   {cfg.template.jinja_path or cfg.template.name}  max_length={cfg.tokenize.max_length}"
         f"  packing={cfg.tokenize.packing}",
         f"  steps:      {steps}",
@@ -75,10 +71,10 @@ def preview(cfg: ProjectConfig, n: int, *, as_json: bool = False) -> list[str]:
     from tuneline.preview import preview_json_lines, render_preview
     from tuneline.tokenization import prepare_tokenizer, tokenize_split
 
-    records = load_records(cfg.data, cfg.base_dir, kind=KIND[cfg.train.method])
+    records = load_records(cfg.data, cfg.base_dir, kind=cfg.kind)
     tokenizer = prepare_tokenizer(load_tokenizer(cfg.model, cfg.base_dir), cfg.template, cfg.base_dir)
     sample = records.splits.get("train", [])[:n]
-    split = tokenize_split(sample, tokenizer, cfg.tokenize, system_prompt=cfg.template.system_prompt)
+    split = tokenize_split(sample, tokenizer, cfg.tokenize)
     examples: Any = split
     if as_json:
         return preview_json_lines(examples, tokenizer, n)

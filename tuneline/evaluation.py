@@ -8,6 +8,7 @@ answers generated for held-out prompts, scored with ROUGE-L and exact match
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import string
@@ -15,7 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tuneline.config import ModelConfig, ProjectConfig
 from tuneline.data.records import Record
+from tuneline.modeling import load_model
+from tuneline.tokenization import encode_for_inference
 from tuneline.tokenized import TokenizedSplit
 
 _PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
@@ -131,7 +135,7 @@ def generate_answers(
             tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
             for msgs, _ in chunk
         ]
-        encoded = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        encoded = [encode_for_inference(tokenizer, t) for t in texts]
         width = max(len(e) for e in encoded)
         # Left padding so every prompt ends where generation starts.
         ids = torch.tensor([[pad_id] * (width - len(e)) + e for e in encoded], device=device)
@@ -153,16 +157,97 @@ def generate_answers(
     return out
 
 
-def load_finetuned(model_dir: str | Path, base_model: Any) -> Any:
-    """A training output dir -> a model: adapter dirs wrap `base_model`, full dirs load directly."""
-    model_dir = Path(model_dir)
-    if (model_dir / "adapter_config.json").exists():
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _as_model_config(cfg: ProjectConfig, path: str) -> ModelConfig:
+    """The project's model settings (dtype, attention, trust_remote_code) applied to another directory."""
+    return cfg.model.model_copy(update={"name_or_path": path, "from_config": None, "revision": None})
+
+
+def load_start_model(cfg: ProjectConfig, vocab_size: int) -> Any:
+    """The model training started from: model.*, or the preference reference (full model or adapter)."""
+    ref = cfg.train.preference.reference_model if cfg.kind == "preference" else None
+    if ref and not (Path(ref) / "adapter_config.json").exists():
+        return load_model(_as_model_config(cfg, ref), cfg.base_dir, vocab_size=vocab_size).to(
+            default_device()
+        )
+    base = load_model(cfg.model, cfg.base_dir, vocab_size=vocab_size)
+    if ref:
         from peft import PeftModel
 
-        return PeftModel.from_pretrained(base_model, str(model_dir))
-    from transformers import AutoModelForCausalLM
+        base = PeftModel.from_pretrained(base, ref)
+    return base.to(default_device())
 
-    return AutoModelForCausalLM.from_pretrained(str(model_dir), use_safetensors=True)
+
+def load_trained_model(cfg: ProjectConfig, model_dir: str | Path, vocab_size: int) -> Any:
+    """A training output dir -> model. An adapter goes on the exact base it was trained on,
+    as recorded in tuneline_train.json (e.g. a full SFT model that DPO started from)."""
+    model_dir = Path(model_dir)
+    if not (model_dir / "adapter_config.json").exists():
+        return load_model(_as_model_config(cfg, str(model_dir)), cfg.base_dir).to(default_device())
+    from peft import PeftModel
+
+    meta_file = model_dir / "tuneline_train.json"
+    base_cfg = cfg.model
+    if meta_file.exists():
+        recorded = json.loads(meta_file.read_text()).get("base_model")
+        if recorded:
+            base_cfg = ModelConfig.model_validate(recorded)
+    base = load_model(base_cfg, cfg.base_dir, vocab_size=vocab_size)
+    return PeftModel.from_pretrained(base, str(model_dir)).to(default_device())
+
+
+def evaluate_sft(
+    cfg: ProjectConfig, model_dir: str, tokenizer: Any, split: TokenizedSplit | None, records: list[Record]
+) -> tuple[dict[str, float], dict[str, float], GenerationResult]:
+    """(base scores, fine-tuned scores, fine-tuned generations) on held-out data."""
+    from tuneline.collate import DataCollator
+    from tuneline.tokenization import end_of_turn_token_ids
+
+    collator = DataCollator(
+        pad_token_id=tokenizer.pad_token_id, packed=split is not None and split.position_ids is not None
+    )
+    stop = end_of_turn_token_ids(tokenizer)
+
+    def score(model: Any) -> tuple[dict[str, float], GenerationResult]:
+        out = (
+            {"eval_loss": eval_loss(model, split, collator, cfg.eval.batch_size)} if split is not None else {}
+        )
+        gen = generate_answers(
+            model,
+            tokenizer,
+            records,
+            max_new_tokens=cfg.eval.max_new_tokens,
+            batch_size=cfg.eval.batch_size,
+            stop_token_ids=stop,
+        )
+        out.update(gen.scores())
+        return out, gen
+
+    base_scores: dict[str, float] = {}
+    if cfg.eval.compare_base:
+        base = load_start_model(cfg, len(tokenizer))
+        base_scores, _ = score(base)
+        del base
+    tuned_scores, gen = score(load_trained_model(cfg, model_dir, len(tokenizer)))
+    return base_scores, tuned_scores, gen
+
+
+def evaluate_preference(
+    cfg: ProjectConfig, model_dir: str, tokenizer: Any, records: list[Record]
+) -> tuple[dict[str, float], dict[str, float]]:
+    """(base scores, tuned scores): the base to beat is where training started."""
+    base_scores: dict[str, float] = {}
+    if cfg.eval.compare_base:
+        base = load_start_model(cfg, len(tokenizer))
+        base_scores = preference_scores(base, tokenizer, records)
+        del base
+    tuned = load_trained_model(cfg, model_dir, len(tokenizer))
+    return base_scores, preference_scores(tuned, tokenizer, records)
 
 
 def compare(base: dict[str, float], tuned: dict[str, float]) -> dict[str, float]:
@@ -189,7 +274,7 @@ def _completion_logprob(
     full = tokenizer.apply_chat_template(prompt_msgs + answer_msgs, tokenize=False)
     if not full.startswith(prompt):
         raise ValueError("chat template is not prefix-stable; cannot score completions")
-    p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    p_ids = encode_for_inference(tokenizer, prompt)
     a_ids = tokenizer(full[len(prompt) :], add_special_tokens=False)["input_ids"]
     device = next(model.parameters()).device
     ids = torch.tensor([p_ids + a_ids], device=device)

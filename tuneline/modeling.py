@@ -81,7 +81,7 @@ def load_model(cfg: ModelConfig, base_dir: str = ".", *, vocab_size: int | None 
         return model
     src = _resolve(cfg.name_or_path or "", base_dir)
     try:
-        return AutoModelForCausalLM.from_pretrained(
+        model = AutoModelForCausalLM.from_pretrained(
             src,
             revision=cfg.revision,
             trust_remote_code=cfg.trust_remote_code,
@@ -94,6 +94,10 @@ def load_model(cfg: ModelConfig, base_dir: str = ".", *, vocab_size: int | None 
         raise ConfigError(
             [Problem("model.name_or_path", f"cannot load model from '{src}': {str(e).splitlines()[0]}")]
         ) from e
+    # A template that added control tokens grew the tokenizer; the embeddings must follow.
+    if vocab_size is not None and vocab_size > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(vocab_size)
+    return model
 
 
 def is_adapter_dir(path: str | os.PathLike[str]) -> bool:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import gc
+import logging
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -38,6 +39,8 @@ from tuneline.templates import (
     template_variables,
 )
 from tuneline.tokenized import TokenizedDataset, TokenizedSplit
+
+log = logging.getLogger("tuneline")
 
 IGNORE_INDEX = -100
 
@@ -141,8 +144,11 @@ def end_of_turn_token_ids(tokenizer: Any) -> list[int]:
                 tid = tokenizer.convert_tokens_to_ids(tok)
                 if isinstance(tid, int) and tid not in ids:
                     ids.append(tid)
-        except Exception:  # a template we cannot probe still has EOS
-            pass
+        except (DataError, ValueError, IndexError, TypeError) as e:
+            # Generation then stops on EOS only; say so, a model that never stops is a classic failure.
+            log.warning(
+                "could not find the end-of-turn token of the chat template (%s); stopping on EOS only", e
+            )
     if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
         ids.append(tokenizer.eos_token_id)
     return ids
@@ -705,3 +711,17 @@ def format_preference_split(
             row[key] = full[len(prompt) :]
         out.append(row)
     return out
+
+
+def encode_for_inference(tokenizer: Any, text: str) -> list[int]:
+    """Encode a rendered prompt the way training encoded it: one BOS iff the tokenizer adds one.
+
+    Chat templates that do not write BOS themselves (Zephyr on the Llama-2 tokenizer)
+    would otherwise be scored or generated from an input the model never saw.
+    """
+    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    bos = tokenizer.bos_token_id
+    if bos is None or (ids and ids[0] == bos):
+        return ids
+    probe = tokenizer("a", add_special_tokens=True)["input_ids"]
+    return [bos, *ids] if probe and probe[0] == bos else ids

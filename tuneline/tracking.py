@@ -79,6 +79,30 @@ def decide_promotion(
     )
 
 
+def registration_refusal(
+    reg: Any, tuned: dict[str, float], base: dict[str, float], *, evaluated: bool
+) -> str | None:
+    """Why this model must not be registered, or None. A model worse than its own base
+    (by more than `min_improvement_over_base` allows) or with a non-finite score never is."""
+    if not reg.enabled:
+        return "registry.enabled is false"
+    if not evaluated:
+        return None
+    score = tuned.get(reg.metric)
+    if score is None:
+        return f"registry.metric '{reg.metric}' was not reported by evaluation (got {sorted(tuned)})"
+    if not math.isfinite(score):
+        return f"{reg.metric} is not finite ({score})"
+    if reg.metric in base and math.isfinite(base[reg.metric]):
+        gain = (score - base[reg.metric]) * (1 if reg.greater_is_better else -1)
+        if gain < reg.min_improvement_over_base:
+            return (
+                f"{reg.metric} {score:.4f} vs base {base[reg.metric]:.4f}: gain {gain:.4f} is below "
+                f"registry.min_improvement_over_base={reg.min_improvement_over_base}"
+            )
+    return None
+
+
 def register_version(
     client: Any,
     *,
@@ -165,3 +189,22 @@ def download_model_version(client: Any, uri: str, cache_root: str) -> str:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dest
+
+
+def ensure_experiment(tracking_uri: str, name: str, artifact_root: str) -> None:
+    """Create the experiment with its artifacts under `artifact_root` if it does not exist.
+
+    A local MLflow store otherwise puts artifacts in ./mlruns of whatever directory the
+    run started in. Servers keep their own artifact root, so they are left alone.
+    """
+    if tracking_uri.startswith(("http://", "https://", "databricks")):
+        return
+    from pathlib import Path
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    if client.get_experiment_by_name(name) is None:
+        location = Path(artifact_root, name).resolve()
+        location.mkdir(parents=True, exist_ok=True)
+        client.create_experiment(name, artifact_location=location.as_uri())

@@ -11,14 +11,22 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
 from tuneline.config.base import Section
 from tuneline.config.data import DataConfig, SourceConfig
 from tuneline.config.evaluate import EvalConfig, RegistryConfig, TrackingConfig
 from tuneline.config.model import ModelConfig
 from tuneline.config.template import TemplateConfig, TokenizeConfig
-from tuneline.config.train import LoraConfig, PreferenceConfig, ResourcesConfig, TrainConfig
+from tuneline.config.train import (
+    EVAL_METRICS,
+    LOWER_IS_BETTER,
+    METHOD_KIND,
+    LoraConfig,
+    PreferenceConfig,
+    ResourcesConfig,
+    TrainConfig,
+)
 from tuneline.errors import ConfigError, Problem
 
 __all__ = [
@@ -53,6 +61,30 @@ class ProjectConfig(Section):
 
     # Directory relative paths in the config resolve against (the config file's project root).
     base_dir: str = Field(default=".", description="Set by the loader: relative paths resolve here.")
+
+    @model_validator(mode="after")
+    def _registry_metric_fits_method(self) -> ProjectConfig:
+        """A metric evaluation never reports would only fail after training; catch it here."""
+        kind = METHOD_KIND[self.train.method]
+        allowed = EVAL_METRICS[kind]
+        if self.registry.metric not in allowed:
+            raise ValueError(
+                f"registry.metric: '{self.registry.metric}' is not reported for train.method={self.train.method}; "
+                f"use one of {', '.join(allowed)}"
+            )
+        lower = self.registry.metric in LOWER_IS_BETTER
+        if self.registry.greater_is_better is None:
+            self.registry.greater_is_better = not lower
+        elif self.registry.greater_is_better == lower:
+            raise ValueError(
+                f"registry.greater_is_better: {self.registry.metric} is "
+                f"{'lower' if lower else 'higher'}-is-better; set greater_is_better: {str(not lower).lower()}"
+            )
+        return self
+
+    @property
+    def kind(self) -> str:
+        return METHOD_KIND[self.train.method]
 
     def resolve_path(self, p: str) -> str:
         """Relative paths are relative to base_dir; hub names and absolute paths pass through."""
@@ -158,6 +190,11 @@ def _problems_from(err: ValidationError, lines: dict[tuple[str, ...], int], sour
         loc = tuple(e["loc"])
         # Drop pydantic's union-branch labels like "list[str]" from the path.
         loc = tuple(p for p in loc if isinstance(p, int) or not any(c in str(p) for c in "[]()"))
+        msg_raw = e["msg"].removeprefix("Value error, ")
+        if not loc and ": " in msg_raw and " " not in msg_raw.split(": ", 1)[0]:
+            key, msg_raw = msg_raw.split(": ", 1)
+            loc = tuple(key.split("."))
+            e = {**e, "msg": msg_raw}
         dotted = ".".join(str(p) for p in loc) or "(top level)"
         line = None
         for cut in range(len(loc), 0, -1):
@@ -175,7 +212,7 @@ def _problems_from(err: ValidationError, lines: dict[tuple[str, ...], int], sour
             msg += f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(known)}"
         elif e["type"] == "missing":
             msg = "required key is missing"
-        elif "input" in e and e["type"] not in ("extra_forbidden",):
+        elif "input" in e and not isinstance(e["input"], (dict, list)) and len(repr(e["input"])) <= 80:
             msg = f"{msg} (got {e['input']!r})"
         problems.append(Problem(where, msg))
     return problems

@@ -24,7 +24,9 @@ class RegistryConfig(Section):
     promote: bool = True
     alias: str = Field(default="champion", min_length=1)
     metric: str = Field(default="rouge_l", description="Eval metric that decides promotion.")
-    greater_is_better: bool = True
+    greater_is_better: bool | None = Field(
+        default=None, description="Default: false for loss-like metrics (eval_loss), true otherwise."
+    )
     min_improvement_over_base: float = Field(
         default=0.0, description="Required gain of the metric over the base model to register at all."
     )

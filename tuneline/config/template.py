@@ -15,7 +15,6 @@ class TemplateConfig(Section):
         description="auto: the tokenizer's own chat template, else chatml. 'tokenizer' requires one.",
     )
     jinja_path: str | None = Field(default=None, description="User jinja chat template file.")
-    system_prompt: str | None = None
 
     @model_validator(mode="after")
     def _not_both(self) -> TemplateConfig:

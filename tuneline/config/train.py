@@ -8,6 +8,23 @@ from pydantic import Field, model_validator
 
 from tuneline.config.base import Section
 
+# What each method trains on: chat records (SFT), raw text (continued pretraining) or pairs.
+METHOD_KIND = {
+    "lora": "chat",
+    "qlora": "chat",
+    "full": "chat",
+    "cpt": "text",
+    "dpo": "preference",
+    "orpo": "preference",
+}
+# What evaluation reports for each kind, i.e. what registry.metric may name.
+EVAL_METRICS = {
+    "chat": ("eval_loss", "rouge_l", "exact_match"),
+    "text": ("eval_loss",),
+    "preference": ("preference_accuracy", "logprob_margin"),
+}
+LOWER_IS_BETTER = {"eval_loss"}
+
 
 class LoraConfig(Section):
     r: int = Field(default=16, gt=0)

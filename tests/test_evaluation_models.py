@@ -1,0 +1,136 @@
+"""Evaluation on real tiny models: loss definition, stopping, BOS, adapter loading, gates."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tests.conftest import fixture_path
+from tuneline.config import RegistryConfig, load_config
+from tuneline.data.records import Record
+from tuneline.evaluation import eval_loss, generate_answers, load_start_model, load_trained_model
+from tuneline.tokenization import (
+    encode_for_inference,
+    end_of_turn_token_ids,
+    prepare_tokenizer,
+    tokenize_split,
+)
+from tuneline.tracking import registration_refusal
+
+TINY = {
+    "model_type": "llama",
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 128,
+}
+
+
+def project(tmp_path, tiny_tokenizer_dir, **train):
+    data = tmp_path / "d.jsonl"
+    data.write_text(
+        json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]})
+    )
+    return load_config(
+        data={
+            "model": {"from_config": TINY, "tokenizer": str(tiny_tokenizer_dir)},
+            "data": {"path": str(data)},
+            "template": {"name": "chatml"},
+            "train": train,
+        }
+    )
+
+
+def chat(q, a):
+    return Record(messages=[{"role": "user", "content": q}, {"role": "assistant", "content": a}])
+
+
+def test_eval_loss_is_the_mean_over_supervised_tokens(tmp_path, tiny_tokenizer, tiny_tokenizer_dir):
+    from tuneline.collate import DataCollator
+    from tuneline.config import TokenizeConfig
+
+    cfg = project(tmp_path, tiny_tokenizer_dir)
+    tok = prepare_tokenizer(tiny_tokenizer, cfg.template, cfg.base_dir)
+    split = tokenize_split(
+        [chat("What is the capital?", "Frostholt."), chat("Who rules?", "Queen Ilsa.")], tok, TokenizeConfig()
+    )
+    model = load_start_model(cfg, len(tok))
+    got = eval_loss(model, split, DataCollator(pad_token_id=tok.pad_token_id, packed=False), batch_size=2)
+    # Reference: one sample at a time through the model's own loss, weighted by its token count.
+    total, count = 0.0, 0
+    for ids, labels in zip(split.input_ids, split.labels, strict=True):
+        out = model(input_ids=torch.tensor([ids]), labels=torch.tensor([labels]))
+        n = sum(1 for t in labels[1:] if t != -100)
+        total, count = total + out.loss.item() * n, count + n
+    assert got == pytest.approx(total / count, rel=1e-5)
+
+
+def test_generation_stops_at_the_end_of_turn_token(tmp_path, tiny_tokenizer, tiny_tokenizer_dir):
+    cfg = project(tmp_path, tiny_tokenizer_dir)
+    tok = prepare_tokenizer(tiny_tokenizer, cfg.template, cfg.base_dir)
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+    assert end in end_of_turn_token_ids(tok)
+    model = load_start_model(cfg, len(tok))
+    with torch.no_grad():  # make <|im_end|> the only thing the model ever says
+        model.lm_head.weight.zero_()
+        model.lm_head.weight[end] = 1.0
+        model.model.norm.weight.fill_(1.0)
+    out = generate_answers(model, tok, [chat("hello", "x")], max_new_tokens=8, stop_token_ids=[end])
+    assert out.predictions == [""]
+
+
+def test_inference_prompts_get_bos_like_training(tmp_path):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(fixture_path("tokenizers/llama2-sentencepiece"))
+    text = "<|user|>\nhi</s>\n<|assistant|>\n"
+    ids = encode_for_inference(tok, text)
+    assert ids[0] == tok.bos_token_id and ids[1] != tok.bos_token_id
+    assert encode_for_inference(tok, "<s>" + text).count(tok.bos_token_id) == 1
+
+
+def test_adapter_is_loaded_on_the_base_it_was_trained_on(tmp_path, tiny_tokenizer, tiny_tokenizer_dir):
+    from peft import LoraConfig, get_peft_model
+
+    cfg = project(tmp_path, tiny_tokenizer_dir, method="lora")
+    tok = prepare_tokenizer(tiny_tokenizer, cfg.template, cfg.base_dir)
+    base = load_start_model(cfg, len(tok))
+    peft = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    out = tmp_path / "adapter"
+    peft.save_pretrained(out)
+    (out / "tuneline_train.json").write_text(json.dumps({"base_model": cfg.model.model_dump(mode="json")}))
+    ids = torch.tensor([[5, 6, 7, 8]])
+    expected = peft(input_ids=ids).logits
+    loaded = load_trained_model(cfg, out, len(tok))
+    assert torch.allclose(loaded(input_ids=ids).logits, expected, atol=1e-5)
+    # A different recorded base gives different logits: the record is really used.
+    other = {**cfg.model.model_dump(mode="json"), "init_seed": 7}
+    (out / "tuneline_train.json").write_text(json.dumps({"base_model": other}))
+    assert not torch.allclose(
+        load_trained_model(cfg, out, len(tok))(input_ids=ids).logits, expected, atol=1e-3
+    )
+
+
+@pytest.mark.parametrize(
+    ("tuned", "base", "min_gain", "refused"),
+    [
+        ({"rouge_l": 0.6}, {"rouge_l": 0.2}, 0.0, False),
+        ({"rouge_l": 0.1}, {"rouge_l": 0.2}, 0.0, True),  # worse than its base: never registered
+        ({"rouge_l": 0.25}, {"rouge_l": 0.2}, 0.1, True),
+        ({"rouge_l": float("nan")}, {}, 0.0, True),
+        ({}, {}, 0.0, True),
+    ],
+)
+def test_registration_gate(tuned, base, min_gain, refused):
+    reg = RegistryConfig(metric="rouge_l", greater_is_better=True, min_improvement_over_base=min_gain)
+    assert (registration_refusal(reg, tuned, base, evaluated=True) is not None) == refused
+
+
+def test_registration_gate_lower_is_better():
+    reg = RegistryConfig(metric="eval_loss", greater_is_better=False)
+    assert registration_refusal(reg, {"eval_loss": 1.0}, {"eval_loss": 5.0}, evaluated=True) is None
+    assert registration_refusal(reg, {"eval_loss": 6.0}, {"eval_loss": 5.0}, evaluated=True)
