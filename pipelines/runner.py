@@ -222,15 +222,20 @@ def format_summary(s: RunSummary) -> str:
         lines.append(f"  executed steps: {', '.join(s.executed_steps)}")
     base, tuned = s.eval_report.get("base") or {}, s.eval_report.get("finetuned") or {}
     if tuned:
-        lines.append(f"\n  {'metric':<14}{'base':>10}{'fine-tuned':>12}")
+        width = max(len(k) for k in tuned) + 2
+        lines.append(f"\n  {'held-out metric':<{width}}{'base':>10}{'fine-tuned':>12}")
         for k in sorted(tuned):
             b = f"{base[k]:.4f}" if k in base else "-"
-            lines.append(f"  {k:<14}{b:>10}{tuned[k]:>12.4f}")
+            lines.append(f"  {k:<{width}}{b:>10}{tuned[k]:>12.4f}")
     reg = s.registration
+    earlier = (
+        " (by an earlier run; this one was served from the cache)"
+        if "register_model" in s.cached_steps
+        else ""
+    )
     if reg.get("registered"):
-        lines.append(
-            f"\n  registered {reg['model_uri']} ({'promoted to @' + reg['alias'] if reg['promoted'] else 'not promoted'}: {reg['reason']})"
-        )
+        promo = f"promoted to @{reg['alias']}" if reg["promoted"] else "not promoted"
+        lines.append(f"\n  registered {reg['model_uri']}{earlier}: {promo} ({reg['reason']})")
     elif reg:
         lines.append(f"\n  not registered: {reg.get('reason')}")
     home = tuneline_home()

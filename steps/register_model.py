@@ -80,6 +80,16 @@ def register_model(
     decision = decide_promotion(
         score, champion, greater_is_better=reg.greater_is_better, champion_version=champion_version
     )
+    if champion_version is not None:
+        champ_fp = client.get_model_version(reg.model_name, champion_version).tags.get(
+            f"data.fingerprint.{cfg.eval.split}"
+        )
+        comparable = champ_fp == dataset.fingerprints.get(cfg.eval.split)
+        client.set_model_version_tag(reg.model_name, version.version, "promotion.comparable", str(comparable))
+        if not comparable:
+            decision.reason += (
+                f" (note: champion v{champion_version} was scored on a different {cfg.eval.split} set)"
+            )
     promoted = bool(reg.promote and decision.promoted)
     if promoted:
         client.set_registered_model_alias(reg.model_name, reg.alias, version.version)

@@ -19,6 +19,7 @@ from tuneline.config.evaluate import EvalConfig, RegistryConfig, TrackingConfig
 from tuneline.config.model import ModelConfig
 from tuneline.config.template import TemplateConfig, TokenizeConfig
 from tuneline.config.train import (
+    DEFAULT_METRIC,
     EVAL_METRICS,
     LOWER_IS_BETTER,
     METHOD_KIND,
@@ -67,6 +68,8 @@ class ProjectConfig(Section):
         """A metric evaluation never reports would only fail after training; catch it here."""
         kind = METHOD_KIND[self.train.method]
         allowed = EVAL_METRICS[kind]
+        if self.registry.metric is None:
+            self.registry.metric = DEFAULT_METRIC[kind]
         if self.registry.metric not in allowed:
             raise ValueError(
                 f"registry.metric: '{self.registry.metric}' is not reported for train.method={self.train.method}; "

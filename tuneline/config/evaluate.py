@@ -23,7 +23,11 @@ class RegistryConfig(Section):
     enabled: bool = Field(default=True, description="Register the model version at all.")
     promote: bool = True
     alias: str = Field(default="champion", min_length=1)
-    metric: str = Field(default="rouge_l", description="Eval metric that decides promotion.")
+    metric: str | None = Field(
+        default=None,
+        description="Eval metric that decides promotion. Default by method: rouge_l (chat SFT), "
+        "eval_loss (continued pretraining), preference_accuracy (dpo/orpo).",
+    )
     greater_is_better: bool | None = Field(
         default=None, description="Default: false for loss-like metrics (eval_loss), true otherwise."
     )

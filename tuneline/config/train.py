@@ -23,6 +23,7 @@ EVAL_METRICS = {
     "text": ("eval_loss",),
     "preference": ("preference_accuracy", "logprob_margin"),
 }
+DEFAULT_METRIC = {"chat": "rouge_l", "text": "eval_loss", "preference": "preference_accuracy"}
 LOWER_IS_BETTER = {"eval_loss"}
 
 
