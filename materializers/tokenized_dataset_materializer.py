@@ -6,13 +6,12 @@ import json
 import os
 from typing import Any, ClassVar
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 from zenml.enums import ArtifactType, VisualizationType
 from zenml.io import fileio
 from zenml.materializers.base_materializer import BaseMaterializer
 
-from tuneline.tokenized import TokenizedDataset, TokenizedSplit
+from tuneline.tokenized import TokenizedDataset, split_from_arrow, split_to_arrow
 
 
 class TokenizedDatasetMaterializer(BaseMaterializer):
@@ -20,16 +19,9 @@ class TokenizedDatasetMaterializer(BaseMaterializer):
     ASSOCIATED_ARTIFACT_TYPE: ClassVar[ArtifactType] = ArtifactType.DATA
 
     def save(self, data: TokenizedDataset) -> None:
-        ids_type = pa.list_(pa.int32())
         for name, split in data.splits.items():
-            cols = {
-                "input_ids": pa.array(split.input_ids, type=ids_type),
-                "labels": pa.array(split.labels, type=ids_type),
-            }
-            if split.position_ids is not None:
-                cols["position_ids"] = pa.array(split.position_ids, type=ids_type)
             with fileio.open(os.path.join(self.uri, f"{name}.parquet"), "wb") as f:
-                pq.write_table(pa.table(cols), f)
+                pq.write_table(split_to_arrow(split), f)
         meta = {
             "splits": {name: s.stats for name, s in data.splits.items()},
             "stats": data.stats,
@@ -45,14 +37,7 @@ class TokenizedDatasetMaterializer(BaseMaterializer):
         splits = {}
         for name, stats in meta["splits"].items():
             with fileio.open(os.path.join(self.uri, f"{name}.parquet"), "rb") as f:
-                table = pq.read_table(f)
-            cols = table.to_pydict()
-            splits[name] = TokenizedSplit(
-                input_ids=cols["input_ids"],
-                labels=cols["labels"],
-                position_ids=cols.get("position_ids"),
-                stats=stats,
-            )
+                splits[name] = split_from_arrow(pq.read_table(f), stats)
         return TokenizedDataset(
             splits=splits, stats=meta["stats"], audit=meta["audit"], chat_template=meta["chat_template"]
         )

@@ -6,7 +6,9 @@ Kept out of run.py so the CLI stays a dispatcher and tests can launch runs in-pr
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from tuneline.config import ProjectConfig
@@ -239,12 +241,17 @@ def format_summary(s: RunSummary) -> str:
     elif reg:
         lines.append(f"\n  not registered: {reg.get('reason')}")
     home = tuneline_home()
+    bin_dir = Path(sys.executable).parent  # the venv's own mlflow / zenml, whether or not it is activated
+    mlflow_line = (
+        f"{bin_dir / 'mlflow'} ui --backend-store-uri {s.tracking_uri}"
+        if s.tracking_uri.startswith("sqlite")
+        else s.tracking_uri
+    )
     lines += [
         "",
         "  dashboards:",
-        f"    MLflow: mlflow ui --backend-store-uri {s.tracking_uri}"
-        if s.tracking_uri.startswith("sqlite")
-        else f"    MLflow: {s.tracking_uri}",
-        f"    ZenML:  ZENML_CONFIG_PATH={home / 'zenml'} zenml login --local",
+        f"    MLflow: {mlflow_line}",
+        f"    ZenML:  ZENML_CONFIG_PATH={home / 'zenml'} {bin_dir / 'zenml'} login --local"
+        "   (logout --local stops it)",
     ]
     return "\n".join(lines)

@@ -36,6 +36,19 @@ def run_cli(home: Path, *args: str, timeout: int = 600) -> subprocess.CompletedP
     )
 
 
+def _zenml_run_count(home: Path) -> int:
+    code = (
+        "from pipelines.stack import configure_environment; configure_environment()\n"
+        "from zenml.client import Client; print(Client().list_pipeline_runs(size=1).total)"
+    )
+    env = {**os.environ, "TUNELINE_HOME": str(home)}
+    r = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    return int(r.stdout.strip().splitlines()[-1])
+
+
 @pytest.mark.e2e
 def test_sft_pipeline_end_to_end(tmp_path):
     from mlflow import MlflowClient
@@ -69,6 +82,20 @@ def test_sft_pipeline_end_to_end(tmp_path):
     assert r2.returncode == 0, r2.stderr[-4000:]
     assert "cached steps" in r2.stdout and "executed steps" not in r2.stdout
     assert len(client.search_model_versions("name='e2e-model'")) == 1
+
+    # Bad data against a populated registry: exit 2, and no version, alias, MLflow run or ZenML run is added.
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(
+        '{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": " "}]}\n'
+    )
+    runs_before = _zenml_run_count(home)
+    mlflow_runs_before = len(client.search_runs([run.info.experiment_id]))
+    rb = run_cli(home, "--config", "configs/sft.yaml", *FAST, "--set", f"data.path={bad}")
+    assert rb.returncode == 2 and "bad.jsonl:1" in rb.stderr and "messages[1].content" in rb.stderr
+    assert len(client.search_model_versions("name='e2e-model'")) == 1
+    assert client.get_model_version_by_alias("e2e-model", "champion").version == mv.version
+    assert len(client.search_runs([run.info.experiment_id])) == mlflow_runs_before
+    assert _zenml_run_count(home) == runs_before
 
     # Changing only an eval setting re-runs evaluation (and registration), never training.
     r3 = run_cli(home, "--config", "configs/sft.yaml", *FAST, "--set", "eval.max_samples=8")

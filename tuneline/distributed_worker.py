@@ -54,21 +54,13 @@ def save_data(data: Any, dest: Path) -> None:
 
     dest.mkdir(parents=True, exist_ok=True)
     if isinstance(data, TokenizedDataset):
-        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        ids = pa.list_(pa.int32())
+        from tuneline.tokenized import split_to_arrow
+
         splits: dict[str, Any] = {}
         for name, split in data.splits.items():
-            cols = {
-                "input_ids": pa.array(split.input_ids, type=ids),
-                "labels": pa.array(split.labels, type=ids),
-            }
-            if split.position_ids is not None:
-                cols["position_ids"] = pa.array(split.position_ids, type=ids)
-            if split.record_index is not None:
-                cols["record_index"] = pa.array(split.record_index, type=pa.int64())
-            pq.write_table(pa.table(cols), dest / f"{name}.parquet")
+            pq.write_table(split_to_arrow(split), dest / f"{name}.parquet")
             splits[name] = split.stats
         meta = {
             "kind": "tokenized",
@@ -96,18 +88,12 @@ def load_data(src: Path) -> Any:
         return RecordSet.from_jsonable(json.loads((src / "records.json").read_text()))
     import pyarrow.parquet as pq
 
-    from tuneline.tokenized import TokenizedDataset, TokenizedSplit
+    from tuneline.tokenized import TokenizedDataset, split_from_arrow
 
-    splits = {}
-    for name, stats in meta["splits"].items():
-        cols = pq.read_table(src / f"{name}.parquet").to_pydict()
-        splits[name] = TokenizedSplit(
-            input_ids=cols["input_ids"],
-            labels=cols["labels"],
-            position_ids=cols.get("position_ids"),
-            stats=stats,
-            record_index=cols.get("record_index"),
-        )
+    splits = {
+        name: split_from_arrow(pq.read_table(src / f"{name}.parquet"), stats)
+        for name, stats in meta["splits"].items()
+    }
     return TokenizedDataset(
         splits=splits, stats=meta["stats"], audit=meta["audit"], chat_template=meta["chat_template"]
     )

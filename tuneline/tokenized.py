@@ -47,3 +47,27 @@ class TokenizedDataset:
     @property
     def packed(self) -> bool:
         return any(s.position_ids is not None for s in self.splits.values())
+
+
+def split_to_arrow(split: TokenizedSplit) -> Any:
+    """One Arrow table per split (list<int32> columns): compact, and readable without tuneline."""
+    import pyarrow as pa
+
+    ids = pa.list_(pa.int32())
+    cols = {"input_ids": pa.array(split.input_ids, type=ids), "labels": pa.array(split.labels, type=ids)}
+    if split.position_ids is not None:
+        cols["position_ids"] = pa.array(split.position_ids, type=ids)
+    if split.record_index is not None:
+        cols["record_index"] = pa.array(split.record_index, type=pa.int64())
+    return pa.table(cols)
+
+
+def split_from_arrow(table: Any, stats: dict[str, Any] | None = None) -> TokenizedSplit:
+    cols = table.to_pydict()
+    return TokenizedSplit(
+        input_ids=cols["input_ids"],
+        labels=cols["labels"],
+        position_ids=cols.get("position_ids"),
+        stats=dict(stats or {}),
+        record_index=cols.get("record_index"),
+    )
