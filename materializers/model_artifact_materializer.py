@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from typing import Any, ClassVar
 
 from zenml.enums import ArtifactType
@@ -25,6 +26,9 @@ class ModelArtifactMaterializer(BaseMaterializer):
     def save(self, data: ModelArtifact) -> None:
         data.write_meta()
         io_utils.copy_dir(data.path, os.path.join(self.uri, "model"), overwrite=True)
+        if data.scratch:
+            # The copy in the artifact store is the model now; a scratch copy per run would fill the disk.
+            shutil.rmtree(data.path, ignore_errors=True)
 
     def load(self, data_type: type[Any]) -> ModelArtifact:
         src = os.path.join(self.uri, "model")
@@ -37,8 +41,10 @@ class ModelArtifactMaterializer(BaseMaterializer):
     def extract_metadata(self, data: ModelArtifact) -> dict[str, Any]:
         meta: dict[str, Any] = {"method": data.method, "base_model": data.base_model}
         size = 0
-        for root, _, files in os.walk(data.path):
-            size += sum(os.path.getsize(os.path.join(root, f)) for f in files)
+        stored = os.path.join(self.uri, "model")
+        for root, _, files in fileio.walk(stored):
+            size += sum(fileio.size(os.path.join(str(root), str(f))) or 0 for f in files)
+        meta["size_bytes"] = size
         meta["size_mb"] = round(size / 2**20, 3)
         for k, v in data.metrics.items():
             if isinstance(v, (int, float)) and not isinstance(v, bool):

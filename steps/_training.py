@@ -156,4 +156,5 @@ def run_training(cfg: ProjectConfig, data: Any, chat_template: str, fingerprints
         method=result.method,
         base_model=cfg.train.preference.reference_model or cfg.model.name_or_path or "from_config",
         metrics=metrics,
+        scratch=True,
     )

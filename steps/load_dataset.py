@@ -6,13 +6,14 @@ from typing import Annotated
 
 from zenml import log_metadata, step
 
+from materializers.record_set_materializer import RecordSetMaterializer
 from steps._tracking import active_run, log_metrics, log_params
 from tuneline.config import DataConfig
 from tuneline.data import load_records, render_summary_html, summarize
 from tuneline.data.records import RecordSet
 
 
-@step
+@step(output_materializers=RecordSetMaterializer)
 def load_dataset(
     data_config: dict,
     base_dir: str,

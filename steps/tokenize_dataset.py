@@ -6,6 +6,7 @@ from typing import Annotated
 
 from zenml import log_metadata, step
 
+from materializers.tokenized_dataset_materializer import TokenizedDatasetMaterializer
 from steps._tracking import active_run, log_metrics
 from tuneline.config import ModelConfig, TemplateConfig, TokenizeConfig
 from tuneline.data.records import RecordSet
@@ -15,7 +16,7 @@ from tuneline.tokenization import tokenize_dataset as tokenize_records
 from tuneline.tokenized import TokenizedDataset
 
 
-@step
+@step(output_materializers=TokenizedDatasetMaterializer)
 def tokenize_dataset(
     dataset: RecordSet,
     chat_template: str,

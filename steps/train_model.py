@@ -6,13 +6,14 @@ from typing import Annotated
 
 from zenml import step
 
+from materializers.model_artifact_materializer import ModelArtifactMaterializer
 from steps._training import run_training
 from tuneline.artifacts import ModelArtifact
 from tuneline.config import ProjectConfig
 from tuneline.tokenized import TokenizedDataset
 
 
-@step
+@step(output_materializers=ModelArtifactMaterializer)
 def train_model(
     tokenized: TokenizedDataset,
     chat_template: str,

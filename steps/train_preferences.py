@@ -9,13 +9,14 @@ from typing import Annotated
 
 from zenml import step
 
+from materializers.model_artifact_materializer import ModelArtifactMaterializer
 from steps._training import run_training
 from tuneline.artifacts import ModelArtifact
 from tuneline.config import ProjectConfig
 from tuneline.data.records import RecordSet
 
 
-@step
+@step(output_materializers=ModelArtifactMaterializer)
 def train_preferences(
     dataset: RecordSet,
     chat_template: str,

@@ -109,11 +109,17 @@ def test_model_artifact_round_trip(artifact_store, tmp_path):
     src.mkdir()
     (src / "model.safetensors").write_bytes(b"\x00\x01weights")
     (src / "tokenizer_config.json").write_text(json.dumps({"chat_template": "x"}))
-    art = ModelArtifact(path=str(src), method="lora", base_model="org/base", metrics={"train_loss": 1.5})
+    art = ModelArtifact(
+        path=str(src), method="lora", base_model="org/base", metrics={"train_loss": 1.5}, scratch=True
+    )
     m = ModelArtifactMaterializer(_uri(artifact_store, "model"), artifact_store=artifact_store)
     m.save(art)
+    assert not src.exists(), "a scratch training dir is removed once the artifact store has the copy"
     back = m.load(ModelArtifact)
     assert back.path != str(src), "the artifact must live in the artifact store, not the worker's scratch dir"
     assert back.path and open(os.path.join(back.path, "model.safetensors"), "rb").read() == b"\x00\x01weights"
     assert (back.method, back.base_model, back.metrics) == ("lora", "org/base", {"train_loss": 1.5})
-    assert m.extract_metadata(art)["train_loss"] == 1.5
+    meta = m.extract_metadata(art)
+    assert meta["train_loss"] == 1.5 and meta["size_bytes"] == len(b"\x00\x01weights") + len(
+        json.dumps({"chat_template": "x"})
+    ) + len(json.dumps(art.info(), indent=2))

@@ -19,6 +19,8 @@ class ModelArtifact:
     method: str = "lora"
     base_model: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
+    # True when `path` is scratch space: once copied to the artifact store it is deleted.
+    scratch: bool = False
 
     @property
     def is_adapter(self) -> bool:
