@@ -89,3 +89,16 @@ def test_preview_works_with_a_tokenizer_only_directory(tmp_path, tiny_tokenizer_
     )
     assert r.returncode == 0, r.stderr
     assert "<|im_start|>assistant" in r.stdout
+
+
+def test_preview_of_preference_pairs_shows_what_trl_receives(tmp_path):
+    r = run_cli(tmp_path / "home", "--config", "configs/dpo.yaml", "--preview", "2", "--json")
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
+    assert len(rows) == 2
+    for row in rows:
+        assert row["prompt"].endswith("<|im_start|>assistant\n")
+        assert row["chosen"] != row["rejected"]
+        assert row["chosen"].rstrip().endswith("<|im_end|>") and row["rejected"].rstrip().endswith(
+            "<|im_end|>"
+        )

@@ -7,7 +7,6 @@ leaves no half-made ZenML run, MLflow run or registered version behind.
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from tuneline.config import ProjectConfig
 from tuneline.data import load_records, source_fingerprint
@@ -66,16 +65,37 @@ def dry_run(cfg: ProjectConfig, records: RecordSet, fingerprints: dict[str, str]
 
 
 def preview(cfg: ProjectConfig, n: int, *, as_json: bool = False) -> list[str]:
-    """Tokenize N training examples exactly as the trainer sees them; needs only a tokenizer."""
+    """Show N training examples exactly as the trainer receives them; needs only a tokenizer.
+
+    SFT / continued pretraining: token ids and labels (-100 = masked). DPO / ORPO: the
+    prompt / chosen / rejected strings rendered with the training template, which TRL
+    then tokenizes itself.
+    """
     from tuneline.modeling import load_tokenizer
     from tuneline.preview import preview_json_lines, render_preview
-    from tuneline.tokenization import prepare_tokenizer, tokenize_split
+    from tuneline.tokenization import format_preference_split, prepare_tokenizer, tokenize_split
 
     records = load_records(cfg.data, cfg.base_dir, kind=cfg.kind)
     tokenizer = prepare_tokenizer(load_tokenizer(cfg.model, cfg.base_dir), cfg.template, cfg.base_dir)
     sample = records.splits.get("train", [])[:n]
+    if cfg.kind == "preference":
+        rows = format_preference_split(sample, tokenizer)
+        if as_json:
+            return [json.dumps(r, ensure_ascii=False) for r in rows]
+        out = []
+        for i, r in enumerate(rows):
+            out += [
+                f"── pair {i}",
+                "prompt:",
+                r["prompt"],
+                "chosen:",
+                f"⟦{r['chosen']}⟧",
+                "rejected:",
+                f"⟦{r['rejected']}⟧",
+                "",
+            ]
+        return out
     split = tokenize_split(sample, tokenizer, cfg.tokenize)
-    examples: Any = split
     if as_json:
-        return preview_json_lines(examples, tokenizer, n)
-    return [render_preview(examples, tokenizer, n)]
+        return preview_json_lines(split, tokenizer, n)
+    return [render_preview(split, tokenizer, n)]

@@ -151,6 +151,12 @@ class TrainConfig(Section):
             raise ValueError("train.method=full trains all weights; use train.method=lora for an adapter")
         if self.early_stopping_patience is not None and self.eval_steps is None:
             raise ValueError("train.early_stopping_patience needs train.eval_steps (evaluate every N steps)")
+        if self.method == "dpo" and self.preference.max_prompt_length is not None:
+            # TRL 1.16's DPOTrainer has no prompt-length limit; silently ignoring the key would mislead.
+            raise ValueError(
+                "train.preference.max_prompt_length is only used by orpo; for dpo limit the whole "
+                "sequence with train.preference.max_length"
+            )
         return self
 
     @property
