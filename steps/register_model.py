@@ -61,6 +61,7 @@ def register_model(
     champion, champion_version = champion_score(client, reg.model_name, reg.alias, reg.metric)
     tags = {f"metric.{k}": f"{v:.6g}" for k, v in tuned.items()}
     tags.update({f"data.fingerprint.{k}": v for k, v in dataset.fingerprints.items()})
+    tags.update({f"data.records.{k}": str(len(v)) for k, v in dataset.splits.items()})
     tags.update(
         {
             "data.sources": _describe_sources(dataset.info.get("sources", [])),

@@ -9,6 +9,7 @@ from zenml import log_metadata, step
 from materializers.tokenized_dataset_materializer import TokenizedDatasetMaterializer
 from steps._tracking import active_run, log_metrics
 from tuneline.config import ModelConfig, TemplateConfig, TokenizeConfig
+from tuneline.data import render_summary_html, summarize
 from tuneline.data.records import RecordSet
 from tuneline.modeling import load_tokenizer
 from tuneline.tokenization import prepare_tokenizer
@@ -44,5 +45,7 @@ def tokenize_dataset(
 
         mlflow.log_dict({"stats": tokenized.stats, "examples": tokenized.audit}, "tokenization/audit.json")
         mlflow.log_text(tokenized.chat_template or "", "tokenization/chat_template.jinja")
+        # The load step's summary has character lengths only; now the tokenizer is known, add token lengths.
+        mlflow.log_text(render_summary_html(summarize(dataset, tokenizer)), "data/summary.html")
     log_metadata(metadata=stats, infer_artifact=True)
     return tokenized

@@ -188,3 +188,60 @@ def test_pipeline_trains_with_two_processes(tmp_path):
     assert r.returncode == 0, r.stderr[-4000:]
     assert "--nproc_per_node 2" in r.stderr
     assert "registered models:/lorekeep-tiny/1" in r.stdout
+
+
+@pytest.mark.slow
+def test_pipeline_resumes_after_kill_9_during_training(tmp_path):
+    """A crash mid-training (kill -9 of the whole run) and the same command again: it resumes."""
+    import signal
+    import time
+
+    from mlflow import MlflowClient
+
+    home = tmp_path / "home"
+    args = [
+        "--config",
+        "configs/sft.yaml",
+        "--set",
+        "train.max_steps=300",
+        "--set",
+        "train.save_steps=50",
+        "--set",
+        "eval.max_samples=4",
+        "--set",
+        "registry.model_name=resume-model",
+    ]
+    env = {**os.environ, "TUNELINE_HOME": str(home), "HF_HUB_OFFLINE": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.Popen(
+        [sys.executable, "run.py", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    ckpt_root = home / "artifacts" / "checkpoints" / "lorekeep--full"
+    deadline = time.time() + 400
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if (ckpt_root / "checkpoint-100" / "manifest.json").exists():
+                break
+            time.sleep(0.5)
+        assert proc.poll() is None, "the run ended before it could be killed"
+        assert (ckpt_root / "checkpoint-100" / "manifest.json").exists(), "no committed checkpoint in time"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+    r = run_cli(home, *args)
+    assert r.returncode == 0, r.stderr[-4000:]
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    run = client.get_run(client.get_model_version("resume-model", "1").run_id)
+    assert run.data.metrics["train_resumed"] == 1.0
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "loss")]
+    assert steps and min(steps) > 100, f"the resumed run re-trained steps it had already done: {steps[:5]}"
+    assert run.data.metrics["global_step"] == 300
+    assert not ckpt_root.exists(), "a finished run's checkpoints are cleaned up"

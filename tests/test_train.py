@@ -276,6 +276,9 @@ def test_preference_methods_train_a_lora_adapter(tmp_path, method):
     losses = [m["loss"] for _, m in logs if "loss" in m]
     assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
     assert REQUIRED_FINAL <= set(logs[-1][1])
+    final = logs[-1][1]
+    # Throughput is measured for every method (ORPO batches have no plain input_ids).
+    assert final["tokens_per_second"] > 0 and 0 < final["padding_efficiency"] <= 1
     assert (tmp_path / "ckpt" / "checkpoint-2" / "manifest.json").is_file()
     if method == "dpo":
         assert any("rewards/chosen" in m or "eval_rewards/chosen" in m for _, m in logs), logs

@@ -16,13 +16,24 @@ from tuneline.home import mlflow_tracking_uri, redact_uri, tuneline_home
 
 
 def preflight(cfg: ProjectConfig) -> tuple[dict[str, str], RecordSet]:
-    """Validate data (raises DataError with every problem); return the cache fingerprints.
+    """Everything that can be checked before a run exists, so a mistake exits 2 and leaves
+    no ZenML run, MLflow run or registered version behind: the data (every problem at
+    once), the tokenizer and chat template, and whether the method can run here.
 
-    `data`: the raw data files and data config; `local_files`: the local tokenizer,
-    template and model files the config points at.
+    Returns the cache fingerprints: `data` (raw data files and data config) and
+    `local_files` (the local tokenizer, template and model files the config points at).
     """
     fps = {"data": source_fingerprint(cfg.data, cfg.base_dir), "local_files": local_inputs_fingerprint(cfg)}
     records = load_records(cfg.data, cfg.base_dir, kind=cfg.kind)
+    from tuneline.modeling import load_tokenizer
+    from tuneline.tokenization import prepare_tokenizer
+
+    prepare_tokenizer(load_tokenizer(cfg.model, cfg.base_dir), cfg.template, cfg.base_dir)
+    if cfg.train.method == "qlora" and not cfg.train.resources.step_operator:
+        # Training runs in this process's environment; on a step operator it runs elsewhere.
+        from tuneline.training import require_qlora
+
+        require_qlora()
     return fps, records
 
 
@@ -96,6 +107,10 @@ def preview(cfg: ProjectConfig, n: int, *, as_json: bool = False) -> list[str]:
             ]
         return out
     split = tokenize_split(sample, tokenizer, cfg.tokenize)
+    if cfg.tokenize.packing:
+        from tuneline.packing import pack_split
+
+        split = pack_split(split, cfg.tokenize.max_length)
     if as_json:
         return preview_json_lines(split, tokenizer, n)
     return [render_preview(split, tokenizer, n)]

@@ -157,7 +157,7 @@ def build_model(cfg: ProjectConfig, tokenizer: Any, precision: str) -> _BuiltMod
     model_cfg, start_adapter = _start_model_cfg(cfg)
     vocab = len(tokenizer)
     if tcfg.method == "qlora":
-        _require_qlora()
+        require_qlora()
         compute = torch.bfloat16 if precision == "bf16" else torch.float16
         model = load_model_4bit(model_cfg, cfg.base_dir, vocab_size=vocab, compute_dtype=compute)
         from peft import prepare_model_for_kbit_training
@@ -220,7 +220,7 @@ def _merged(model: Any, adapter_dir: str) -> Any:
     return model
 
 
-def _require_qlora() -> None:
+def require_qlora() -> None:
     import torch
 
     if not torch.cuda.is_available():
@@ -344,12 +344,17 @@ class _Run:
             self.log_metrics(metrics, step)
 
     def count_tokens(self, inputs: dict[str, Any]) -> None:
-        ids = inputs.get("input_ids")
-        if ids is None:
-            return
-        self.processed_tokens += int(ids.numel())
-        mask = inputs.get("attention_mask")
-        self.real_tokens += int(mask.sum()) if mask is not None else int(ids.numel())
+        """Tokens the model processed. SFT batches have `input_ids`; ORPO batches have
+        `chosen_input_ids` and `rejected_input_ids` (each already prefixed with the prompt,
+        so `prompt_input_ids` is not counted again)."""
+        keys = [k for k in inputs if k.endswith("input_ids") and hasattr(inputs[k], "numel")]
+        if any(k.startswith(("chosen_", "rejected_")) for k in keys):
+            keys = [k for k in keys if k != "prompt_input_ids"]
+        for key in keys:
+            ids = inputs[key]
+            self.processed_tokens += int(ids.numel())
+            mask = inputs.get(key[: -len("input_ids")] + "attention_mask")
+            self.real_tokens += int(mask.sum()) if mask is not None else int(ids.numel())
 
     def fail(self, trainer: Any, what: str, value: float) -> None:
         step = trainer.state.global_step + 1
