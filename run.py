@@ -71,10 +71,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _setup_logging(verbose: bool) -> None:
     """tuneline's own messages to stderr; ZenML keeps its handler, so nothing prints twice."""
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("tuneline: %(message)s"))
     log = logging.getLogger("tuneline")
-    log.addHandler(handler)
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("tuneline: %(message)s"))
+        log.addHandler(handler)
     log.setLevel(logging.DEBUG if verbose else logging.INFO)
     log.propagate = False
 

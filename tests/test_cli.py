@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -102,3 +104,35 @@ def test_preview_of_preference_pairs_shows_what_trl_receives(tmp_path):
         assert row["chosen"].rstrip().endswith("<|im_end|>") and row["rejected"].rstrip().endswith(
             "<|im_end|>"
         )
+
+
+BAD = {
+    "invalid_json": ('{"messages": [', "bad.jsonl:1"),
+    "not_an_object": ("[1, 2]", "bad.jsonl:1"),
+    "unknown_role": (
+        json.dumps({"messages": [{"role": "wizard", "content": "a"}, {"role": "assistant", "content": "b"}]}),
+        "messages[0].role",
+    ),
+    "empty_answer": (
+        json.dumps({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "  "}]}),
+        "messages[1].content",
+    ),
+    "no_assistant": (json.dumps({"messages": [{"role": "user", "content": "a"}]}), "bad.jsonl:1"),
+    "nul_byte": ('{"messages": [{"role": "user", "content": "a\\u0000"}]}\x00', "bad.jsonl:1"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD))
+def test_every_bad_kind_exits_2_in_preflight_and_writes_nothing(kind, tmp_path, monkeypatch, capsys):
+    """In-process (cheap): run.main returns 2 before any ZenML or MLflow state exists."""
+    import run
+
+    text, where = BAD[kind]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(text.encode() + b"\n")
+    home = tmp_path / "home"
+    monkeypatch.setenv("TUNELINE_HOME", str(home))
+    assert run.main(["--config", str(ROOT / "configs" / "sft.yaml"), "--set", f"data.path={bad}"]) == 2
+    err = capsys.readouterr().err
+    assert where in err, err
+    assert not home.exists() or not any(home.iterdir()), "validation must fail before anything is written"
