@@ -169,18 +169,17 @@ def _as_model_config(cfg: ProjectConfig, path: str) -> ModelConfig:
 
 
 def load_start_model(cfg: ProjectConfig, vocab_size: int) -> Any:
-    """The model training started from: model.*, or the preference reference (full model or adapter)."""
-    ref = cfg.train.preference.reference_model if cfg.kind == "preference" else None
-    if ref and not (Path(ref) / "adapter_config.json").exists():
-        return load_model(_as_model_config(cfg, ref), cfg.base_dir, vocab_size=vocab_size).to(
-            default_device()
-        )
-    base = load_model(cfg.model, cfg.base_dir, vocab_size=vocab_size)
-    if ref:
+    """The model training started from, decided by the same function training uses:
+    model.*, or the preference reference (a full model, or an adapter on model.*)."""
+    from tuneline.training import start_model_config
+
+    base_cfg, adapter = start_model_config(cfg)
+    model = load_model(base_cfg, cfg.base_dir, vocab_size=vocab_size)
+    if adapter:
         from peft import PeftModel
 
-        base = PeftModel.from_pretrained(base, ref)
-    return base.to(default_device())
+        model = PeftModel.from_pretrained(model, adapter)
+    return model.to(default_device())
 
 
 def load_trained_model(cfg: ProjectConfig, model_dir: str | Path, vocab_size: int) -> Any:

@@ -216,11 +216,7 @@ class _Encoder:
         self._plain_cache: dict[str, list[int]] = {}
 
     def _adds_bos(self) -> bool:
-        """The model expects BOS iff its tokenizer adds one by itself."""
-        if self.bos_id is None:
-            return False
-        with_sp = self.tok("a", add_special_tokens=True)["input_ids"]
-        return bool(with_sp) and with_sp[0] == self.bos_id
+        return adds_bos(self.tok)
 
     def specials_in(self, text: str) -> list[str]:
         return self.special_re.findall(text) if self.special_re else []
@@ -721,7 +717,14 @@ def encode_for_inference(tokenizer: Any, text: str) -> list[int]:
     """
     ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
     bos = tokenizer.bos_token_id
-    if bos is None or (ids and ids[0] == bos):
+    if not adds_bos(tokenizer) or (ids and ids[0] == bos):
         return ids
-    probe = tokenizer("a", add_special_tokens=True)["input_ids"]
-    return [bos, *ids] if probe and probe[0] == bos else ids
+    return [bos, *ids]
+
+
+def adds_bos(tokenizer: Any) -> bool:
+    """The model expects BOS iff its tokenizer adds one by itself; training and inference ask here."""
+    if tokenizer.bos_token_id is None:
+        return False
+    with_sp = tokenizer("a", add_special_tokens=True)["input_ids"]
+    return bool(with_sp) and with_sp[0] == tokenizer.bos_token_id

@@ -103,7 +103,7 @@ class _BuiltModel:
     peft_config: Any = None  # new adapter for TRL to attach
 
 
-def _start_model_cfg(cfg: ProjectConfig) -> tuple[ModelConfig, str | None]:
+def start_model_config(cfg: ProjectConfig) -> tuple[ModelConfig, str | None]:
     """Preference runs may start from an SFT result instead of model.*: a full model (hub name or
     directory) replaces the base; an adapter directory is loaded on top of model.*."""
     start = cfg.train.preference.reference_model if cfg.train.is_preference else None
@@ -154,7 +154,7 @@ def build_model(cfg: ProjectConfig, tokenizer: Any, precision: str) -> _BuiltMod
     import torch
 
     tcfg = cfg.train
-    model_cfg, start_adapter = _start_model_cfg(cfg)
+    model_cfg, start_adapter = start_model_config(cfg)
     vocab = len(tokenizer)
     if tcfg.method == "qlora":
         require_qlora()
@@ -716,37 +716,25 @@ def _preference_trainer(
         raise ConfigError([Problem("template", "preference tuning needs tokenizer.chat_template to be set")])
     train_ds = _preference_dataset(data.splits["train"])
     eval_ds = _preference_dataset(val) if val else None
+    # DPO and ORPO differ only in their config/trainer classes and that DPO takes a reference model.
+    extra: dict[str, Any] = {}
     if t.method == "dpo":
-        from trl import DPOConfig, DPOTrainer
+        from trl import DPOConfig as ConfigCls
+        from trl import DPOTrainer as TrainerCls
 
-        args = DPOConfig(**kwargs, beta=p.beta, max_length=max_length)
+        extra["ref_model"] = built.ref_model
+        args = ConfigCls(**kwargs, beta=p.beta, max_length=max_length)
+    else:
+        from trl.experimental.orpo import ORPOConfig as ConfigCls
+        from trl.experimental.orpo import ORPOTrainer as TrainerCls
 
-        class Trainer(_HooksMixin, DPOTrainer):
-            pass
+        completion = max_length - p.max_prompt_length if p.max_prompt_length else None
+        args = ConfigCls(**kwargs, beta=p.beta, max_length=max_length, max_completion_length=completion)
 
-        return Trainer(
-            model=built.model,
-            ref_model=built.ref_model,
-            args=args,
-            train_dataset=train_ds,
-            eval_dataset=eval_ds,
-            processing_class=tokenizer,
-            callbacks=callbacks,
-            peft_config=built.peft_config,
-        )
-    from trl.experimental.orpo import ORPOConfig, ORPOTrainer
-
-    args = ORPOConfig(
-        **kwargs,
-        beta=p.beta,
-        max_length=max_length,
-        max_completion_length=max_length - p.max_prompt_length if p.max_prompt_length else None,
-    )
-
-    class OTrainer(_HooksMixin, ORPOTrainer):
+    class Trainer(_HooksMixin, TrainerCls):  # type: ignore[valid-type,misc]
         pass
 
-    return OTrainer(
+    return Trainer(
         model=built.model,
         args=args,
         train_dataset=train_ds,
@@ -754,6 +742,7 @@ def _preference_trainer(
         processing_class=tokenizer,
         callbacks=callbacks,
         peft_config=built.peft_config,
+        **extra,
     )
 
 
