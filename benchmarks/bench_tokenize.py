@@ -50,7 +50,7 @@ def main() -> None:
 
     from tuneline.config.template import TemplateConfig, TokenizeConfig
     from tuneline.data.records import Record, RecordSet
-    from tuneline.tokenization import prepare_tokenizer, tokenize_dataset
+    from tuneline.tokenize import prepare_tokenizer, tokenize_dataset
 
     tok_dir = FIXTURES / "tokenizers" / "phi-3-mini-instruct"
     tok = AutoTokenizer.from_pretrained(tok_dir)

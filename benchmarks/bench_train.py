@@ -65,8 +65,8 @@ def main() -> None:
 
     from tests._train_script import TINY_TOKENIZER, tiny_tokenizer
     from tuneline.config import ProjectConfig
-    from tuneline.tokenized import TokenizedDataset, TokenizedSplit
-    from tuneline.training import train
+    from tuneline.tokenize import TokenizedDataset, TokenizedSplit
+    from tuneline.train import train
 
     tok = tiny_tokenizer()
     ids, labels = rows(args.rows, len(tok))
@@ -102,7 +102,7 @@ def main() -> None:
             )
             commits: list[float] = []
             with tempfile.TemporaryDirectory() as tmp:
-                from tuneline import checkpoints
+                from tuneline.train import checkpoints
 
                 orig = checkpoints.commit
 

@@ -11,7 +11,7 @@ from zenml.enums import ArtifactType, VisualizationType
 from zenml.io import fileio
 from zenml.materializers.base_materializer import BaseMaterializer
 
-from tuneline.tokenized import TokenizedDataset, split_from_arrow, split_to_arrow
+from tuneline.tokenize import TokenizedDataset, split_from_arrow, split_to_arrow
 
 
 class TokenizedDatasetMaterializer(BaseMaterializer):

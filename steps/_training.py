@@ -121,9 +121,9 @@ def run_training(cfg: ProjectConfig, data: Any, chat_template: str, fingerprints
 
     from steps._tracking import log_metrics, log_params
     from tuneline.artifacts import ModelArtifact
-    from tuneline.modeling import load_tokenizer
-    from tuneline.tokenization import prepare_tokenizer
-    from tuneline.training import train
+    from tuneline.tokenize import prepare_tokenizer
+    from tuneline.train import train
+    from tuneline.train.loading import load_tokenizer
 
     log_params(cfg.model_dump(mode="json", exclude={"eval", "registry", "tracking"}))
     tokenizer = prepare_tokenizer(load_tokenizer(cfg.model, cfg.base_dir), cfg.template, cfg.base_dir)
@@ -140,7 +140,7 @@ def run_training(cfg: ProjectConfig, data: Any, chat_template: str, fingerprints
     )
     start_cfg = local_reference_model(cfg)
     if cfg.train.resources.accelerate:
-        from tuneline.distributed import train_distributed
+        from tuneline.train.distributed import train_distributed
 
         result = train_distributed(start_cfg, tokenizer, data, **kwargs)
     else:

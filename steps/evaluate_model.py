@@ -12,7 +12,7 @@ from tuneline.artifacts import ModelArtifact
 from tuneline.config import ProjectConfig
 from tuneline.data.records import RecordSet
 from tuneline.evaluation import compare, evaluate_sft
-from tuneline.tokenized import TokenizedDataset
+from tuneline.tokenize import TokenizedDataset
 
 
 @step

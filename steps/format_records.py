@@ -9,8 +9,8 @@ from zenml.types import MarkdownString
 
 from tuneline.config import ModelConfig, TemplateConfig
 from tuneline.data.records import RecordSet
-from tuneline.modeling import load_tokenizer
-from tuneline.templates import resolve_chat_template
+from tuneline.tokenize.templates import resolve_chat_template
+from tuneline.train.loading import load_tokenizer
 
 
 @step

@@ -11,10 +11,9 @@ from steps._tracking import active_run, log_metrics
 from tuneline.config import ModelConfig, TemplateConfig, TokenizeConfig
 from tuneline.data import render_summary_html, summarize
 from tuneline.data.records import RecordSet
-from tuneline.modeling import load_tokenizer
-from tuneline.tokenization import prepare_tokenizer
-from tuneline.tokenization import tokenize_dataset as tokenize_records
-from tuneline.tokenized import TokenizedDataset
+from tuneline.tokenize import TokenizedDataset, prepare_tokenizer
+from tuneline.tokenize import tokenize_dataset as tokenize_records
+from tuneline.train.loading import load_tokenizer
 
 
 @step(output_materializers=TokenizedDatasetMaterializer)

@@ -10,7 +10,7 @@ from materializers.model_artifact_materializer import ModelArtifactMaterializer
 from steps._training import run_training
 from tuneline.artifacts import ModelArtifact
 from tuneline.config import ProjectConfig
-from tuneline.tokenized import TokenizedDataset
+from tuneline.tokenize import TokenizedDataset
 
 
 @step(output_materializers=ModelArtifactMaterializer)

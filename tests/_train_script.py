@@ -51,7 +51,7 @@ def tiny_data(n: int = 16, *, validation: int = 4, prefix: int = 4, packed: bool
     """Rows of varied length; the first `prefix` tokens are masked like a prompt would be."""
     from transformers import AutoTokenizer
 
-    from tuneline.tokenized import TokenizedDataset, TokenizedSplit
+    from tuneline.tokenize import TokenizedDataset, TokenizedSplit
 
     tok = AutoTokenizer.from_pretrained(TINY_TOKENIZER)
     words = "the cat sat on a mat while the dog ran after one red ball in the park".split()
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import TrainerCallback
 
     torch.set_num_threads(1)  # bit-for-bit repeatable CPU kernels between the runs we compare
-    from tuneline.training import train
+    from tuneline.train import train
 
     cfg = tiny_cfg(
         method=args.method,

@@ -8,10 +8,10 @@ import warnings
 import pytest
 
 from tests._train_script import tiny_cfg, tiny_data, tiny_tokenizer
-from tuneline import checkpoints as ckpts
-from tuneline.checkpoints import CheckpointWarning, ResumeMismatchError
 from tuneline.errors import UserError
-from tuneline.training import train
+from tuneline.train import checkpoints as ckpts
+from tuneline.train import train
+from tuneline.train.checkpoints import CheckpointWarning, ResumeMismatchError
 
 IDENTITY = {"config_hash": "c1", "data_fingerprint": "d1", "base_model": "tiny"}
 

@@ -19,9 +19,8 @@ import pytest
 import torch
 
 from tests._train_script import tiny_cfg, tiny_data, tiny_tokenizer
-from tuneline import distributed
 from tuneline.errors import ConfigError, UserError
-from tuneline.training import TrainResult, train
+from tuneline.train import TrainResult, distributed, train
 
 IDENTITY = {"config_hash": "c1", "data_fingerprint": "d1", "base_model": "tiny"}
 
@@ -56,10 +55,10 @@ def _call(tmp_path, cfg, data=None, **kw):
 def test_launch_command_per_machine():
     cpu2 = distributed.launch_command("W", 2, None, cuda=False)
     assert cpu2[1:5] == ["-m", "torch.distributed.run", "--nproc_per_node", "2"]
-    assert cpu2[-3:] == ["-m", "tuneline.distributed_worker", "W"]
+    assert cpu2[-3:] == ["-m", "tuneline.train.distributed_worker", "W"]
     assert distributed.launch_command("W", 1, None, cuda=False)[1:] == [
         "-m",
-        "tuneline.distributed_worker",
+        "tuneline.train.distributed_worker",
         "W",
     ]
     gpu = distributed.launch_command("W", 4, None, cuda=True)
@@ -235,7 +234,7 @@ def test_two_cpu_ranks_match_one_in_process_rank_with_grad_accum(tmp_path, priva
 @pytest.mark.slow
 def test_divergence_on_two_ranks_is_the_same_nonfinite_loss_error(tmp_path, private_tmp):
     """Every rank raises together; rank 0's error (with its step) is the one that comes back."""
-    from tuneline.guards import NonFiniteLossError
+    from tuneline.train.guards import NonFiniteLossError
 
     cfg = tiny_cfg(method="full", max_steps=6, learning_rate=1e30, max_grad_norm=1e30, warmup_ratio=0)
     seen: list[tuple[int, dict]] = []

@@ -11,7 +11,7 @@ from tests.conftest import fixture_path
 from tuneline.config import RegistryConfig, load_config
 from tuneline.data.records import Record
 from tuneline.evaluation import eval_loss, generate_answers, load_start_model, load_trained_model
-from tuneline.tokenization import (
+from tuneline.tokenize import (
     encode_for_inference,
     end_of_turn_token_ids,
     prepare_tokenizer,
@@ -50,8 +50,8 @@ def chat(q, a):
 
 
 def test_eval_loss_is_the_mean_over_supervised_tokens(tmp_path, tiny_tokenizer, tiny_tokenizer_dir):
-    from tuneline.collate import DataCollator
     from tuneline.config import TokenizeConfig
+    from tuneline.tokenize.collate import DataCollator
 
     cfg = project(tmp_path, tiny_tokenizer_dir)
     tok = prepare_tokenizer(tiny_tokenizer, cfg.template, cfg.base_dir)

@@ -10,8 +10,8 @@ import torch
 from tests._train_script import tiny_cfg, tiny_data, tiny_tokenizer
 from tuneline.errors import ConfigError
 from tuneline.export import merge_lora
-from tuneline.modeling import load_model
-from tuneline.training import train
+from tuneline.train import train
+from tuneline.train.loading import load_model
 
 
 @pytest.mark.parametrize("lora", [{}, {"use_dora": True, "use_rslora": True}])

@@ -9,7 +9,7 @@ import pytest
 
 from tuneline.artifacts import ModelArtifact
 from tuneline.data.records import Record, RecordSet
-from tuneline.tokenized import TokenizedDataset, TokenizedSplit
+from tuneline.tokenize import TokenizedDataset, TokenizedSplit
 
 
 @pytest.fixture(scope="module")

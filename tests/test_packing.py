@@ -8,9 +8,9 @@ import random
 import pytest
 import torch
 
-from tuneline.collate import DataCollator, split_rows
-from tuneline.packing import best_fit_decreasing, pack_split, unpack_row
-from tuneline.tokenized import TokenizedSplit
+from tuneline.tokenize import TokenizedSplit
+from tuneline.tokenize.collate import DataCollator, split_rows
+from tuneline.tokenize.packing import best_fit_decreasing, pack_split, unpack_row
 
 
 def _split(lengths: list[int], seed: int = 0) -> TokenizedSplit:
@@ -109,7 +109,7 @@ def test_padding_free_batch_has_no_cross_sample_attention(attn):
             alone = model(input_ids=batch["input_ids"][:, a:b]).logits[0]
             torch.testing.assert_close(packed_logits[a:b], alone, atol=1e-5, rtol=1e-4)
         # Without use_cache=False a KV cache is created and samples DO attend across
-        # boundaries -- this guards the trap documented in tuneline.collate.
+        # boundaries -- this guards the trap documented in tuneline.tokenize.collate.
         leaky = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits[0]
         assert not torch.allclose(leaky, packed_logits, atol=1e-4)
         out = model(**batch)

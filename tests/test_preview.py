@@ -7,11 +7,11 @@ import json
 import pytest
 from transformers import AutoTokenizer
 
-from tuneline.collate import split_rows
 from tuneline.config.template import TemplateConfig, TokenizeConfig
 from tuneline.data.records import Record, RecordSet
-from tuneline.preview import preview_json_lines, render_preview
-from tuneline.tokenization import prepare_tokenizer, tokenize_dataset
+from tuneline.tokenize import prepare_tokenizer, tokenize_dataset
+from tuneline.tokenize.collate import split_rows
+from tuneline.tokenize.preview import preview_json_lines, render_preview
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from transformers import AutoTokenizer
 from tests.conftest import fixture_path
 from tuneline.config.template import TemplateConfig
 from tuneline.errors import ConfigError
-from tuneline.templates import (
+from tuneline.tokenize.templates import (
     BUILTIN_TEMPLATES,
     compile_template,
     render,

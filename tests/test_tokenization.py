@@ -9,14 +9,14 @@ from tests.conftest import fixture_path
 from tuneline.config.template import TemplateConfig, TokenizeConfig
 from tuneline.data.records import Record, RecordSet
 from tuneline.errors import ConfigError, DataError
-from tuneline.preview import supervised_texts
-from tuneline.tokenization import (
+from tuneline.tokenize import (
     end_of_turn_token_ids,
     format_preference_split,
     prepare_tokenizer,
     tokenize_dataset,
     tokenize_split,
 )
+from tuneline.tokenize.preview import supervised_texts
 
 
 @pytest.fixture

@@ -16,8 +16,8 @@ import pytest
 from tests.conftest import fixture_path
 from tuneline.config.template import TemplateConfig, TokenizeConfig
 from tuneline.data.records import Record
-from tuneline.preview import supervised_texts
-from tuneline.tokenization import end_of_turn_token_ids, prepare_tokenizer, tokenize_split
+from tuneline.tokenize import end_of_turn_token_ids, prepare_tokenizer, tokenize_split
+from tuneline.tokenize.preview import supervised_texts
 
 SYSTEM = "You are SYSMARKER, a terse assistant."
 CONVO = [

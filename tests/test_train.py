@@ -11,9 +11,9 @@ from safetensors.torch import load_file
 
 from tests._train_script import CHATML, tiny_cfg, tiny_data, tiny_tokenizer
 from tuneline.errors import ConfigError, DataError, UserError
-from tuneline.guards import NonFiniteLossError
-from tuneline.modeling import load_model
-from tuneline.training import TrainResult, load_summary, train
+from tuneline.train import TrainResult, load_summary, train
+from tuneline.train.guards import NonFiniteLossError
+from tuneline.train.loading import load_model
 
 IDENTITY = {"config_hash": "c1", "data_fingerprint": "d1", "base_model": "tiny"}
 

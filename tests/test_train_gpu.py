@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests._train_script import tiny_cfg, tiny_data, tiny_tokenizer
-from tuneline.training import load_summary, train
+from tuneline.train import load_summary, train
 
 pytestmark = pytest.mark.gpu
 ROOT = Path(__file__).resolve().parent.parent

@@ -25,13 +25,13 @@ def preflight(cfg: ProjectConfig) -> tuple[dict[str, str], RecordSet]:
     """
     fps = {"data": source_fingerprint(cfg.data, cfg.base_dir), "local_files": local_inputs_fingerprint(cfg)}
     records = load_records(cfg.data, cfg.base_dir, kind=cfg.kind)
-    from tuneline.modeling import load_tokenizer
-    from tuneline.tokenization import prepare_tokenizer
+    from tuneline.tokenize import prepare_tokenizer
+    from tuneline.train.loading import load_tokenizer
 
     prepare_tokenizer(load_tokenizer(cfg.model, cfg.base_dir), cfg.template, cfg.base_dir)
     if cfg.train.method == "qlora" and not cfg.train.resources.step_operator:
         # Training runs in this process's environment; on a step operator it runs elsewhere.
-        from tuneline.training import require_qlora
+        from tuneline.train import require_qlora
 
         require_qlora()
     return fps, records
@@ -82,9 +82,9 @@ def preview(cfg: ProjectConfig, n: int, *, as_json: bool = False) -> list[str]:
     prompt / chosen / rejected strings rendered with the training template, which TRL
     then tokenizes itself.
     """
-    from tuneline.modeling import load_tokenizer
-    from tuneline.preview import preview_json_lines, render_preview
-    from tuneline.tokenization import format_preference_split, prepare_tokenizer, tokenize_split
+    from tuneline.tokenize import format_preference_split, prepare_tokenizer, tokenize_split
+    from tuneline.tokenize.preview import preview_json_lines, render_preview
+    from tuneline.train.loading import load_tokenizer
 
     records = load_records(cfg.data, cfg.base_dir, kind=cfg.kind)
     tokenizer = prepare_tokenizer(load_tokenizer(cfg.model, cfg.base_dir), cfg.template, cfg.base_dir)
@@ -108,7 +108,7 @@ def preview(cfg: ProjectConfig, n: int, *, as_json: bool = False) -> list[str]:
         return out
     split = tokenize_split(sample, tokenizer, cfg.tokenize)
     if cfg.tokenize.packing:
-        from tuneline.packing import pack_split
+        from tuneline.tokenize.packing import pack_split
 
         split = pack_split(split, cfg.tokenize.max_length)
     if as_json:

@@ -18,9 +18,8 @@ from typing import Any
 
 from tuneline.config import ModelConfig, ProjectConfig
 from tuneline.data.records import Record
-from tuneline.modeling import load_model
-from tuneline.tokenization import encode_for_inference
-from tuneline.tokenized import TokenizedSplit
+from tuneline.tokenize import TokenizedSplit, encode_for_inference
+from tuneline.train.loading import load_model
 
 _PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
 
@@ -171,7 +170,7 @@ def _as_model_config(cfg: ProjectConfig, path: str) -> ModelConfig:
 def load_start_model(cfg: ProjectConfig, vocab_size: int) -> Any:
     """The model training started from, decided by the same function training uses:
     model.*, or the preference reference (a full model, or an adapter on model.*)."""
-    from tuneline.training import start_model_config
+    from tuneline.train import start_model_config
 
     base_cfg, adapter = start_model_config(cfg)
     model = load_model(base_cfg, cfg.base_dir, vocab_size=vocab_size)
@@ -204,8 +203,8 @@ def evaluate_sft(
     cfg: ProjectConfig, model_dir: str, tokenizer: Any, split: TokenizedSplit | None, records: list[Record]
 ) -> tuple[dict[str, float], dict[str, float], GenerationResult]:
     """(base scores, fine-tuned scores, fine-tuned generations) on held-out data."""
-    from tuneline.collate import DataCollator
-    from tuneline.tokenization import end_of_turn_token_ids
+    from tuneline.tokenize import end_of_turn_token_ids
+    from tuneline.tokenize.collate import DataCollator
 
     collator = DataCollator(
         pad_token_id=tokenizer.pad_token_id, packed=split is not None and split.position_ids is not None

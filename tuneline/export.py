@@ -12,7 +12,7 @@ from typing import Any
 
 from tuneline.config import ModelConfig
 from tuneline.errors import ConfigError, Problem
-from tuneline.modeling import is_adapter_dir, load_model
+from tuneline.train.loading import is_adapter_dir, load_model
 
 
 def _tokenizer_for(adapter_dir: Path, base_model_cfg: ModelConfig, base_dir: str) -> Any:
@@ -21,7 +21,7 @@ def _tokenizer_for(adapter_dir: Path, base_model_cfg: ModelConfig, base_dir: str
 
     if (adapter_dir / "tokenizer_config.json").is_file():
         return AutoTokenizer.from_pretrained(str(adapter_dir))
-    from tuneline.modeling import load_tokenizer
+    from tuneline.train.loading import load_tokenizer
 
     return load_tokenizer(base_model_cfg, base_dir)
 

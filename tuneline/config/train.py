@@ -59,7 +59,7 @@ class ResourcesConfig(Section):
     step_operator: str | None = Field(default=None, description="Name of a ZenML step operator.")
     accelerate: bool = Field(
         default=False,
-        description="Train in launched worker processes (tuneline.distributed: accelerate launch on GPUs, "
+        description="Train in launched worker processes (tuneline.train.distributed: accelerate launch on GPUs, "
         "torchrun on CPU) instead of inside the step's process.",
     )
     num_processes: int | None = Field(

@@ -13,7 +13,7 @@ from __future__ import annotations
 import bisect
 from typing import Any
 
-from tuneline.tokenized import TokenizedSplit
+from tuneline.tokenize.tokenized import TokenizedSplit
 
 IGNORE_INDEX = -100
 

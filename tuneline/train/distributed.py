@@ -4,7 +4,7 @@
 ZenML's `run_with_accelerate` would do that by re-running the step with its inputs as CLI
 strings, which our artifact inputs (TokenizedDataset, RecordSet, a prepared tokenizer)
 cannot be. So the step stays an ordinary in-process step and this module does the launch:
-it writes the inputs to a private work directory, starts `tuneline.distributed_worker`
+it writes the inputs to a private work directory, starts `tuneline.train.distributed_worker`
 under `accelerate launch` (GPUs) or torchrun (CPU/gloo), and turns the worker's files back
 into what an in-process `train()` call gives: live `log_metrics` calls (so MLflow shows the
 loss while it trains), `on_checkpoint` calls, a `TrainResult`, and the worker's own
@@ -30,14 +30,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from tuneline import distributed_worker as w
 from tuneline.errors import ConfigError, Problem, TunelineError, UserError
-from tuneline.training import LogMetrics, TrainResult
+from tuneline.train import distributed_worker as w
+from tuneline.train.recipe import LogMetrics, TrainResult
 
 if TYPE_CHECKING:
     from tuneline.config import ProjectConfig
     from tuneline.data.records import RecordSet
-    from tuneline.tokenized import TokenizedDataset
+    from tuneline.tokenize.tokenized import TokenizedDataset
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def launch_command(workdir: str, num_processes: int, accelerate_config: str | No
     - One process, no config: the worker directly; a launcher would only add start-up time.
     Only the work dir is on the command line: secrets stay in the (inherited) environment.
     """
-    worker = ["-m", "tuneline.distributed_worker", workdir]
+    worker = ["-m", "tuneline.train.distributed_worker", workdir]
     if accelerate_config or (cuda and num_processes > 1):
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes)]
         if accelerate_config:

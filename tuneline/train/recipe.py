@@ -25,12 +25,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tuneline import checkpoints as ckpts
 from tuneline.config import ModelConfig, ProjectConfig
 from tuneline.errors import ConfigError, DataError, Problem, UserError
-from tuneline.guards import NonFiniteLossError, is_finite
-from tuneline.modeling import _resolve, is_adapter_dir, load_model, load_model_4bit
-from tuneline.tokenized import TokenizedDataset, TokenizedSplit
+from tuneline.tokenize.tokenized import TokenizedDataset, TokenizedSplit
+from tuneline.train import checkpoints as ckpts
+from tuneline.train.guards import NonFiniteLossError, is_finite
+from tuneline.train.loading import _resolve, is_adapter_dir, load_model, load_model_4bit
 
 if TYPE_CHECKING:
     from tuneline.data.records import RecordSet
@@ -80,7 +80,7 @@ def _weights_dtype(model_dtype: str, precision: str, full_weights: bool) -> Any:
     master weights for anything the optimizer updates (GradScaler refuses fp16 gradients)."""
     import torch
 
-    from tuneline.modeling import torch_dtype
+    from tuneline.train.loading import torch_dtype
 
     if model_dtype == "auto":
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
@@ -273,7 +273,7 @@ class _Rows:
 def _collator(pad_token_id: int, packed: bool) -> Any:
     import torch
 
-    from tuneline.collate import DataCollator
+    from tuneline.tokenize.collate import DataCollator
 
     # Multiples of 8 keep GPU tensor-core shapes; on CPU every pad token is pure waste.
     return DataCollator(pad_token_id, packed, pad_to_multiple_of=8 if torch.cuda.is_available() else None)

@@ -1,8 +1,8 @@
-"""One rank of a `tuneline.distributed.train_distributed` run: `python -m tuneline.distributed_worker WORKDIR`.
+"""One rank of a `tuneline.train.distributed.train_distributed` run: `python -m tuneline.train.distributed_worker WORKDIR`.
 
 The launcher (`accelerate launch`, torchrun or plain python) starts this module on every
 rank. It rebuilds the inputs the parent serialised into WORKDIR, calls the same
-`tuneline.training.train()` the in-process step uses, and reports back through files only,
+`tuneline.train.train()` the in-process step uses, and reports back through files only,
 because the parent's callbacks (MLflow, checkpoint sync) cannot cross a process boundary:
 
 - metrics.jsonl      {"step", "metrics"} per log_metrics call (rank 0), streamed by the parent
@@ -50,13 +50,13 @@ def error_file(workdir: Path, rank: int) -> Path:
 def save_data(data: Any, dest: Path) -> None:
     """TokenizedDataset -> Parquet (list<int32>: ~4 bytes a token instead of ~6 as JSON text);
     anything with `to_jsonable` (RecordSet) -> JSON."""
-    from tuneline.tokenized import TokenizedDataset
+    from tuneline.tokenize.tokenized import TokenizedDataset
 
     dest.mkdir(parents=True, exist_ok=True)
     if isinstance(data, TokenizedDataset):
         import pyarrow.parquet as pq
 
-        from tuneline.tokenized import split_to_arrow
+        from tuneline.tokenize.tokenized import split_to_arrow
 
         splits: dict[str, Any] = {}
         for name, split in data.splits.items():
@@ -88,7 +88,7 @@ def load_data(src: Path) -> Any:
         return RecordSet.from_jsonable(json.loads((src / "records.json").read_text()))
     import pyarrow.parquet as pq
 
-    from tuneline.tokenized import TokenizedDataset, split_from_arrow
+    from tuneline.tokenize.tokenized import TokenizedDataset, split_from_arrow
 
     splits = {
         name: split_from_arrow(pq.read_table(src / f"{name}.parquet"), stats)
@@ -150,7 +150,7 @@ def run(workdir: Path) -> int:
     from transformers import AutoTokenizer
 
     from tuneline.config import ProjectConfig
-    from tuneline.training import train
+    from tuneline.train.recipe import train
 
     rank = _rank()
     cfg = ProjectConfig.model_validate(json.loads((workdir / CONFIG).read_text()))
@@ -188,7 +188,7 @@ def run(workdir: Path) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
-        print("usage: python -m tuneline.distributed_worker WORKDIR", file=sys.stderr)
+        print("usage: python -m tuneline.train.distributed_worker WORKDIR", file=sys.stderr)
         return 2
     workdir = Path(argv[0])
     try:

@@ -11,8 +11,8 @@ import json
 import sys
 from typing import Any
 
-from tuneline.packing import unpack_row
-from tuneline.tokenized import TokenizedDataset, TokenizedSplit
+from tuneline.tokenize.packing import unpack_row
+from tuneline.tokenize.tokenized import TokenizedDataset, TokenizedSplit
 
 IGNORE_INDEX = -100
 OPEN, CLOSE = "⟦", "⟧"

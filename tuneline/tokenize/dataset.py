@@ -30,7 +30,7 @@ from typing import Any
 from tuneline.config.template import TemplateConfig, TokenizeConfig
 from tuneline.data.records import Record, RecordSet
 from tuneline.errors import ConfigError, DataError, Problem
-from tuneline.templates import (
+from tuneline.tokenize.templates import (
     BUILTIN_CONTROL_TOKENS,
     builtin_name,
     compile_template,
@@ -38,7 +38,7 @@ from tuneline.templates import (
     resolve_chat_template,
     template_variables,
 )
-from tuneline.tokenized import TokenizedDataset, TokenizedSplit
+from tuneline.tokenize.tokenized import TokenizedDataset, TokenizedSplit
 
 log = logging.getLogger("tuneline")
 
@@ -646,8 +646,8 @@ def tokenize_dataset(
     batch_size: int = 8,
 ) -> TokenizedDataset:
     """All splits, packed train/validation when cfg.packing, plus stats and an audit."""
-    from tuneline.packing import pack_split
-    from tuneline.preview import audit_rows
+    from tuneline.tokenize.packing import pack_split
+    from tuneline.tokenize.preview import audit_rows
 
     splits: dict[str, TokenizedSplit] = {}
     stats: dict[str, Any] = {}
