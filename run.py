@@ -2,6 +2,12 @@
 
     python run.py --config configs/sft.yaml [--set train.max_steps=50] [--no-cache] [--dry-run]
     python run.py --config configs/sft.yaml --preview 3 [--json]
+    python run.py models NAME [--history]                   versions, aliases, scores, decisions, lineage
+    python run.py promote NAME VERSION [--reason TEXT] [--who NAME]
+    python run.py rollback NAME [--reason TEXT] [--who NAME]
+
+The registry commands use the store a run writes to: --config's tracking.mlflow_tracking_uri,
+else MLFLOW_TRACKING_URI, else the SQLite file in TUNELINE_HOME.
 
 Exit codes: 0 success, 2 config or data error (message names the key or file:line), 1 anything else.
 """
@@ -35,10 +41,58 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+REGISTRY_COMMANDS = ("models", "promote", "rollback")
+
+
+def parse_registry_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="run.py", description="Inspect and operate the model registry.")
+    sub = p.add_subparsers(dest="command", required=True)
+    models = sub.add_parser("models", help="list a model's versions, newest first")
+    models.add_argument("name", help="registered model name (registry.model_name)")
+    models.add_argument("--history", action="store_true", help="also print every promotion and rollback")
+    promote = sub.add_parser(
+        "promote", help="make VERSION @champion; the current one becomes @previous-champion"
+    )
+    promote.add_argument("name")
+    promote.add_argument("version")
+    rollback = sub.add_parser("rollback", help="move @champion back to @previous-champion")
+    rollback.add_argument("name")
+    for cmd in (promote, rollback):
+        cmd.add_argument("--reason", help="why (kept in the registry history)")
+        cmd.add_argument("--who", help="who made the change (default: $USER)")
+    for cmd in (models, promote, rollback):
+        cmd.add_argument("--config", help="project YAML: its tracking URI and registry.alias are used")
+        cmd.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p.parse_args(argv)
+
+
+def registry_main(argv: list[str]) -> str:
+    args = parse_registry_args(argv)
+    _setup_logging(args.verbose)
+    from tuneline.cli import models_command, promote_command, rollback_command
+
+    if args.command == "models":
+        return models_command(args.name, config_path=args.config, show_history=args.history)
+    if args.command == "promote":
+        return promote_command(
+            args.name, args.version, reason=args.reason, who=args.who, config_path=args.config
+        )
+    return rollback_command(args.name, reason=args.reason, who=args.who, config_path=args.config)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    from tuneline.errors import UserError
+
+    if argv and argv[0] in REGISTRY_COMMANDS:
+        try:
+            print(registry_main(argv))
+            return 0
+        except UserError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return e.exit_code
     args = parse_args(argv)
     _setup_logging(args.verbose)
-    from tuneline.errors import UserError
 
     try:
         from tuneline.cli import dry_run, preflight, preview

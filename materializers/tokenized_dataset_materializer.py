@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, ClassVar
 
-import pyarrow.parquet as pq
 from zenml.enums import ArtifactType, VisualizationType
 from zenml.io import fileio
 from zenml.materializers.base_materializer import BaseMaterializer
 
-from tuneline.tokenize import TokenizedDataset, split_from_arrow, split_to_arrow
+from tuneline.tokenize import TokenizedDataset, load_tokenized, save_tokenized
 
 
 class TokenizedDatasetMaterializer(BaseMaterializer):
@@ -19,28 +17,10 @@ class TokenizedDatasetMaterializer(BaseMaterializer):
     ASSOCIATED_ARTIFACT_TYPE: ClassVar[ArtifactType] = ArtifactType.DATA
 
     def save(self, data: TokenizedDataset) -> None:
-        for name, split in data.splits.items():
-            with fileio.open(os.path.join(self.uri, f"{name}.parquet"), "wb") as f:
-                pq.write_table(split_to_arrow(split), f)
-        meta = {
-            "splits": {name: s.stats for name, s in data.splits.items()},
-            "stats": data.stats,
-            "audit": data.audit,
-            "chat_template": data.chat_template,
-        }
-        with fileio.open(os.path.join(self.uri, "meta.json"), "w") as f:
-            json.dump(meta, f, indent=2, default=str)
+        save_tokenized(data, self.uri, opener=fileio.open)
 
     def load(self, data_type: type[Any]) -> TokenizedDataset:
-        with fileio.open(os.path.join(self.uri, "meta.json"), "r") as f:
-            meta = json.load(f)
-        splits = {}
-        for name, stats in meta["splits"].items():
-            with fileio.open(os.path.join(self.uri, f"{name}.parquet"), "rb") as f:
-                splits[name] = split_from_arrow(pq.read_table(f), stats)
-        return TokenizedDataset(
-            splits=splits, stats=meta["stats"], audit=meta["audit"], chat_template=meta["chat_template"]
-        )
+        return load_tokenized(self.uri, opener=fileio.open)
 
     def extract_metadata(self, data: TokenizedDataset) -> dict[str, Any]:
         meta: dict[str, Any] = {f"rows_{k}": len(v) for k, v in data.splits.items()}

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tuneline.config import ProjectConfig
+from tuneline.config import PipelineConfig, ProjectConfig
+from tuneline.evaluate.report import summary_lines
 from tuneline.home import mlflow_tracking_uri, redact_uri, tuneline_home
 from tuneline.tracking import ensure_experiment
 
@@ -23,32 +24,6 @@ PIPELINES = {
     "text": ("pipelines.sft", "sft_pipeline"),
     "preference": ("pipelines.preference", "preference_pipeline"),
 }
-STEPS = {
-    "sft_pipeline": [
-        "load_dataset",
-        "format_records",
-        "tokenize_dataset",
-        "train_model",
-        "evaluate_model",
-        "register_model",
-    ],
-    "preference_pipeline": [
-        "load_dataset",
-        "format_records",
-        "train_preferences",
-        "evaluate_preferences",
-        "register_model",
-    ],
-}
-TRACKED_STEPS = (
-    "load_dataset",
-    "tokenize_dataset",
-    "train_model",
-    "train_preferences",
-    "evaluate_model",
-    "evaluate_preferences",
-    "register_model",
-)
 
 
 @dataclass
@@ -62,21 +37,47 @@ class RunSummary:
     tracking_uri: str = ""
 
 
-def _step_options(cfg: ProjectConfig, tracker: str | None, step_names: list[str]) -> dict[str, Any]:
+def pipeline_for(cfg: ProjectConfig) -> Any:
+    import importlib
+
+    module, func = PIPELINES[cfg.kind]
+    return getattr(importlib.import_module(module), func)
+
+
+def pipeline_steps(pipe: Any, config: PipelineConfig, fingerprints: dict[str, str]) -> dict[str, Any]:
+    """The steps this pipeline runs for this config, by name, in order: read from the
+    pipeline function itself, so the step list is written once (in `pipelines/`)."""
+    pipe.prepare(config=config, fingerprints=fingerprints)
+    return {name: invocation.step for name, invocation in pipe.invocations.items()}
+
+
+def _produces_model(step: Any) -> bool:
+    from tuneline.artifacts import ModelArtifact
+
+    return any(
+        out.resolved_annotation is ModelArtifact for out in step.entrypoint_definition.outputs.values()
+    )
+
+
+def _step_options(cfg: ProjectConfig, tracker: str | None, steps: dict[str, Any]) -> dict[str, Any]:
+    """Per-step settings: the experiment tracker for every step that logs to MLflow (through
+    `steps._tracking`), GPU resources and the step operator for the step that trains."""
     from zenml.config import ResourceSettings
+
+    from steps._caching import step_uses
 
     res = cfg.train.resources
     options: dict[str, dict[str, Any]] = {}
-    for name in step_names:
+    for name, step in steps.items():
         opts: dict[str, Any] = {}
-        if tracker and name in TRACKED_STEPS:
+        if tracker and step_uses(step, "steps._tracking"):
             opts["experiment_tracker"] = tracker
             opts["settings"] = (
                 {"experiment_tracker": {"experiment_name": cfg.tracking.experiment_name}}
                 if cfg.tracking.experiment_name
                 else {}
             )
-        if name.startswith("train_"):
+        if _produces_model(step):
             resources = {
                 k: v
                 for k, v in {
@@ -95,11 +96,18 @@ def _step_options(cfg: ProjectConfig, tracker: str | None, step_names: list[str]
     return options
 
 
+def new_run_name(pipeline_name: str) -> str:
+    """Chosen before the run starts, so a failure is looked up in this run's own record even
+    while other runs of the same pipeline start or fail around it."""
+    import uuid
+    from datetime import datetime
+
+    return f"{pipeline_name}-{datetime.now():%Y_%m_%d-%H_%M_%S}-{uuid.uuid4().hex[:8]}"
+
+
 def run_pipeline(
     cfg: ProjectConfig, fingerprints: dict[str, str], *, enable_cache: bool = True
 ) -> RunSummary:
-    import importlib
-
     from pipelines.stack import (
         configure_environment,
         ensure_stack,
@@ -113,28 +121,25 @@ def run_pipeline(
     uri = mlflow_tracking_uri(cfg.tracking.mlflow_tracking_uri)
     ensure_stack(uri)
     cfg = pin_model_references(cfg, uri)
-    kind = cfg.kind
-    module, func = PIPELINES[kind]
-    pipe = getattr(importlib.import_module(module), func)
-    step_names = STEPS[func]
+    pipe = pipeline_for(cfg)
+    config = PipelineConfig.of(cfg)
     ensure_experiment(
         uri, cfg.tracking.experiment_name or pipe.name, str(tuneline_home() / "mlflow-artifacts")
     )
+    run_name = new_run_name(pipe.name)
     configured = pipe.with_options(
         enable_cache=enable_cache,
-        steps=_step_options(cfg, experiment_tracker_name(), step_names),
+        run_name=run_name,
+        steps=_step_options(cfg, experiment_tracker_name(), pipeline_steps(pipe, config, fingerprints)),
     )
-    # `tracking` stays out of the run's parameters: a URI may carry credentials, and no
-    # step needs it (the stack's experiment tracker holds the URI, secrets as ZenML secrets).
-    config = cfg.model_dump(mode="json", exclude={"tracking"})
     try:
-        run = configured(config=config, fingerprints=fingerprints, kind=kind)
+        run = configured(config=config, fingerprints=fingerprints)
     except RuntimeError as e:
-        raise step_failure(configured.name) from e
+        raise step_failure(run_name) from e
     return summarize_run(run, uri)
 
 
-def step_failure(pipeline_name: str) -> Exception:
+def step_failure(run_name: str) -> Exception:
     """ZenML raises a generic RuntimeError; rebuild the failing step's own error from the run record.
 
     A user error inside a step (non-finite loss, refused resume, bad data) keeps exit code 2.
@@ -144,10 +149,10 @@ def step_failure(pipeline_name: str) -> Exception:
 
     from tuneline.errors import TunelineError, UserError
 
-    runs = Client().list_pipeline_runs(pipeline_name=pipeline_name, sort_by="desc:created", size=1)
-    if not runs.items:
-        return TunelineError(f"pipeline {pipeline_name} failed before it started")
-    run = Client().get_pipeline_run(runs.items[0].id)
+    try:
+        run = Client().get_pipeline_run(run_name, allow_name_prefix_match=False)
+    except KeyError:
+        return TunelineError(f"pipeline run {run_name} failed before it started")
     failed = [(n, s) for n, s in run.steps.items() if s.status == ExecutionStatus.FAILED]
     if not failed:
         return TunelineError(f"pipeline run {run.name} failed")
@@ -222,13 +227,8 @@ def format_summary(s: RunSummary) -> str:
         lines.append(f"  cached steps (inputs unchanged): {', '.join(s.cached_steps)}")
     if s.executed_steps:
         lines.append(f"  executed steps: {', '.join(s.executed_steps)}")
-    base, tuned = s.eval_report.get("base") or {}, s.eval_report.get("finetuned") or {}
-    if tuned:
-        width = max(len(k) for k in tuned) + 2
-        lines.append(f"\n  {'held-out metric':<{width}}{'base':>10}{'fine-tuned':>12}")
-        for k in sorted(tuned):
-            b = f"{base[k]:.4f}" if k in base else "-"
-            lines.append(f"  {k:<{width}}{b:>10}{tuned[k]:>12.4f}")
+    # Metric table with deltas and intervals, the champion comparison, the largest wins and losses.
+    lines += summary_lines(s.eval_report)
     reg = s.registration
     earlier = (
         " (by an earlier run; this one was served from the cache)"
@@ -236,8 +236,12 @@ def format_summary(s: RunSummary) -> str:
         else ""
     )
     if reg.get("registered"):
-        promo = f"promoted to @{reg['alias']}" if reg["promoted"] else "not promoted"
-        lines.append(f"\n  registered {reg['model_uri']}{earlier}: {promo} ({reg['reason']})")
+        if reg["promoted"]:
+            lines.append(
+                f"\n  registered {reg['model_uri']}{earlier}: promoted to @{reg['alias']} ({reg['reason']})"
+            )
+        else:
+            lines.append(f"\n  registered {reg['model_uri']}{earlier} as @{reg['alias']}: {reg['reason']}")
     elif reg:
         lines.append(f"\n  not registered: {reg.get('reason')}")
     home = tuneline_home()

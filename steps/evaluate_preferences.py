@@ -4,31 +4,38 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from zenml import log_metadata, step
+from zenml import step
+from zenml.types import HTMLString
 
-from steps._tracking import log_metrics
+from steps._caching import cache_policy
 from steps._training import local_reference_model
+from steps.evaluate_model import publish, registry_client
 from tuneline.artifacts import ModelArtifact
-from tuneline.config import ProjectConfig
+from tuneline.config import EvalStage
 from tuneline.data.records import RecordSet
-from tuneline.evaluation import compare, evaluate_preference
+from tuneline.evaluate.judge import disabled_report, evaluate_preference
 
 
-@step
+@step(cache_policy=cache_policy(__name__))
 def evaluate_preferences(
     model: ModelArtifact,
     dataset: RecordSet,
-    config: dict,
-) -> Annotated[dict, "eval_report"]:
+    config: EvalStage,
+) -> tuple[Annotated[dict, "eval_report"], Annotated[HTMLString, "eval_report_html"]]:
     from transformers import AutoTokenizer
 
-    cfg = local_reference_model(ProjectConfig.model_validate(config))
+    cfg = local_reference_model(config.project())
     if not cfg.eval.enabled:
-        return {"enabled": False}
+        report = disabled_report()
+        return report, publish(report, {})
     tokenizer = AutoTokenizer.from_pretrained(model.path)
-    records = dataset.splits.get(cfg.eval.split, [])[: cfg.eval.max_samples]
-    base, tuned = evaluate_preference(cfg, model.path, tokenizer, records)
-    metrics = compare(base, tuned)
-    log_metrics(metrics)
-    log_metadata(metadata=metrics, infer_artifact=True)
-    return {"enabled": True, "metrics": metrics, "base": base, "finetuned": tuned, "num_pairs": len(records)}
+    split = cfg.eval.split
+    report, flat = evaluate_preference(
+        cfg,
+        model.path,
+        tokenizer,
+        dataset.splits.get(split, [])[: cfg.eval.max_samples],
+        data_fingerprint=dataset.fingerprints.get(split, ""),
+        client=registry_client(),
+    )
+    return report, publish(report, flat)

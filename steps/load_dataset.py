@@ -7,23 +7,23 @@ from typing import Annotated
 from zenml import log_metadata, step
 
 from materializers.record_set_materializer import RecordSetMaterializer
+from steps._caching import cache_policy
 from steps._tracking import active_run, log_metrics, log_params
 from tuneline.config import DataConfig
 from tuneline.data import load_records, render_summary_html, summarize
 from tuneline.data.records import RecordSet
 
 
-@step(output_materializers=RecordSetMaterializer)
+@step(output_materializers=RecordSetMaterializer, cache_policy=cache_policy(__name__))
 def load_dataset(
-    data_config: dict,
+    data_config: DataConfig,
     base_dir: str,
     source_fingerprint: str,
     kind: str,
 ) -> Annotated[RecordSet, "dataset"]:
     """`source_fingerprint` is unused in the body: it is a parameter so that an edited
     file at an unchanged path changes the cache key and this step re-runs."""
-    cfg = DataConfig.model_validate(data_config)
-    records = load_records(cfg, base_dir, kind=kind)
+    records = load_records(data_config, base_dir, kind=kind)
     fps = records.fingerprints
     counts = {f"data_{k}_records": len(v) for k, v in records.splits.items()}
     log_params({f"data.fingerprint.{k}": v for k, v in fps.items()})

@@ -1,18 +1,26 @@
-"""Log the model to MLflow, register a new version, and promote it if it beats the champion."""
+"""Register the evaluated model once per weights, and let the registry's gate decide whether it
+becomes `@champion` or `@challenger`.
+
+The decision itself lives in `tuneline.registry` (testable against a real store without a
+pipeline); this step only gathers what it needs from the run: the eval report's scores and
+paired comparisons, the lineage, and the MLflow run the model is logged to.
+"""
 
 from __future__ import annotations
 
 import logging
-from typing import Annotated
+from typing import Annotated, Any
 
 from zenml import get_step_context, step
 
+from steps._caching import cache_policy
 from steps._tracking import active_run, log_metrics
 from tuneline.artifacts import ModelArtifact
-from tuneline.config import ProjectConfig
+from tuneline.config import PipelineConfig
 from tuneline.data.records import RecordSet
 from tuneline.errors import TunelineError
-from tuneline.tracking import champion_score, decide_promotion, register_version, registration_refusal
+from tuneline.registry import Scored, Significance
+from tuneline.tracking import registration_refusal
 
 log = logging.getLogger("tuneline")
 
@@ -34,82 +42,138 @@ def _describe_sources(sources: list) -> str:
     return ", ".join(parts)[:4000] or "unknown"
 
 
-@step
+def _eval_set(eval_report: dict, dataset: RecordSet, config: PipelineConfig) -> str:
+    """The eval-set fingerprint the report's scores belong to. Reports always carry it; a report
+    without one (written by an older evaluation) gets the same fingerprint evaluation computes."""
+    if eval_report.get("eval_fingerprint"):
+        return str(eval_report["eval_fingerprint"])
+    from tuneline.evaluate.report import eval_set_fingerprint
+
+    return eval_set_fingerprint(config, dataset.fingerprints.get(config.eval.split, ""))
+
+
+def _significance(row: dict | None, against: str) -> Significance | None:
+    if not row or row.get("significant") is None:
+        return None
+    return Significance(
+        significant=bool(row["significant"]),
+        against=against,
+        p_value=row.get("p_value"),
+        delta=row.get("delta"),
+        ci_low=row.get("ci_low", row.get("delta_ci_low")),
+        ci_high=row.get("ci_high", row.get("delta_ci_high")),
+    )
+
+
+def champion_inputs(eval_report: dict, metric: str, fp: str) -> tuple[Scored | None, Significance | None]:
+    """(the champion re-scored on this eval set, the paired bootstrap of the candidate against the
+    reference the gate will use) from the eval report. A champion only recorded on this set needs
+    no re-score (the registry reads its tags) and has no paired comparison here; with no champion
+    the reference is the base model."""
+    champ = eval_report.get("champion") or {}
+    status = champ.get("status")
+    if status == "rescored" and champ.get("version") is not None:
+        version = str(champ["version"])
+        rescored = Scored(dict(champ.get("metrics") or {}), fp, version)
+        return rescored, _significance((champ.get("comparison") or {}).get(metric), f"v{version}")
+    if status == "recorded":
+        return None, None
+    return None, _significance((eval_report.get("metrics") or {}).get(metric), "base")
+
+
+def registration_dict(result: Any, champion_alias: str, challenger_alias: str, run_id: str) -> dict:
+    """The step's output: `RegistrationResult` plus the keys the run summary reads."""
+    d = result.as_dict()
+    d.update(
+        {
+            "registered": True,
+            "alias": champion_alias if result.promoted else challenger_alias,
+            "reason": result.decision.reason,
+            "champion_version": result.champion,
+            "run_id": run_id,
+        }
+    )
+    return d
+
+
+@step(cache_policy=cache_policy(__name__))
 def register_model(
     model: ModelArtifact,
     eval_report: dict,
     dataset: RecordSet,
-    config: dict,
+    config: PipelineConfig,
 ) -> Annotated[dict, "registration"]:
     import mlflow
     from mlflow import MlflowClient
 
-    cfg = ProjectConfig.model_validate(config)
-    reg = cfg.registry
-    tuned = (eval_report.get("finetuned") or {}) if eval_report.get("enabled") else {}
+    from tuneline.registry import (
+        CONFIG_ARTIFACT,
+        Aliases,
+        Candidate,
+        PromotionPolicy,
+        find_version_by_weights,
+        lineage_tags,
+        loggable_config,
+        register_and_decide,
+        weights_sha256,
+    )
+
+    reg = config.registry
+    evaluated = bool(eval_report.get("enabled"))
+    tuned = (eval_report.get("finetuned") or {}) if evaluated else {}
     base = eval_report.get("base") or {}
-    score = tuned.get(reg.metric)
-    refusal = registration_refusal(reg, tuned, base, evaluated=bool(eval_report.get("enabled")))
+    refusal = registration_refusal(reg, tuned, base, evaluated=evaluated)
     if refusal:
         log.warning("not registering: %s", refusal)
         return {"registered": False, "reason": refusal}
     run = active_run()
     if run is None:
         raise TunelineError("registering needs an MLflow run: use a stack with an MLflow experiment tracker")
-    mlflow.log_artifacts(model.path, artifact_path="model")
+    run_id = run.info.run_id
     client = MlflowClient()
-    champion, champion_version = champion_score(client, reg.model_name, reg.alias, reg.metric)
-    tags = {f"metric.{k}": f"{v:.6g}" for k, v in tuned.items()}
-    tags.update({f"data.fingerprint.{k}": v for k, v in dataset.fingerprints.items()})
-    tags.update({f"data.records.{k}": str(len(v)) for k, v in dataset.splits.items()})
-    tags.update(
-        {
-            "data.sources": _describe_sources(dataset.info.get("sources", [])),
-            "method": model.method,
-            "base_model": model.base_model,
-            "zenml.pipeline_run": get_step_context().pipeline_run.name,
-        }
+    fp = _eval_set(eval_report, dataset, config)
+    weights = weights_sha256(model.path)
+    # The same weights (an eval-only change re-ran this step) reuse their version and its files.
+    if find_version_by_weights(client, reg.model_name, weights) is None:
+        mlflow.log_artifacts(model.path, artifact_path="model")
+    resolved = loggable_config(config.model_dump(mode="json"))
+    mlflow.log_dict(resolved, CONFIG_ARTIFACT)
+    pipeline_run = get_step_context().pipeline_run
+    lineage = lineage_tags(
+        config=resolved,
+        mlflow_run_id=run_id,
+        zenml_run_id=str(pipeline_run.id),
+        zenml_run_name=pipeline_run.name,
+        data_fingerprints=dataset.fingerprints,
+        data_sources=_describe_sources(dataset.info.get("sources", [])),
+        base_model=model.base_model or config.model.name_or_path,
+        base_revision=config.model.revision,
+        method=model.method,
+        wall_time_s=model.metrics.get("train_runtime"),
+        weights_sha256=weights,
     )
-    version = register_version(
+    lineage.update({f"data.records.{k}": str(len(v)) for k, v in dataset.splits.items()})
+    policy = PromotionPolicy.from_config(reg)
+    rescored, significance = champion_inputs(eval_report, policy.metric, fp)
+    aliases = Aliases(reg.alias)
+    result = register_and_decide(
         client,
-        model_name=reg.model_name,
-        source=mlflow.get_artifact_uri("model"),
-        run_id=run.info.run_id,
-        tags=tags,
-        description=f"{model.method} fine-tune of {model.base_model}",
-    )
-    decision = decide_promotion(
-        score, champion, greater_is_better=reg.greater_is_better, champion_version=champion_version
-    )
-    if champion_version is not None:
-        champ_fp = client.get_model_version(reg.model_name, champion_version).tags.get(
-            f"data.fingerprint.{cfg.eval.split}"
-        )
-        comparable = champ_fp == dataset.fingerprints.get(cfg.eval.split)
-        client.set_model_version_tag(reg.model_name, version.version, "promotion.comparable", str(comparable))
-        if not comparable:
-            decision.reason += (
-                f" (note: champion v{champion_version} was scored on a different {cfg.eval.split} set)"
-            )
-    promoted = bool(reg.promote and decision.promoted)
-    if promoted:
-        client.set_registered_model_alias(reg.model_name, reg.alias, version.version)
-    log_metrics({"registered_version": float(version.version), "promoted": float(promoted)})
-    log.info(
-        "registered %s version %s; %s: %s",
         reg.model_name,
-        version.version,
-        "promoted" if promoted else "not promoted",
-        decision.reason,
+        Candidate(
+            source=mlflow.get_artifact_uri("model"),
+            run_id=run_id,
+            weights_sha256=weights,
+            scores=Scored(dict(tuned), fp),
+            base=Scored(dict(base), fp) if base else None,
+            lineage=lineage,
+            description=f"{model.method} fine-tune of {model.base_model}",
+        ),
+        policy,
+        registry_uri=mlflow.get_registry_uri(),
+        aliases=aliases,
+        champion_rescored=rescored,
+        significance=significance,
+        promote=reg.promote,
     )
-    return {
-        "registered": True,
-        "model_name": reg.model_name,
-        "version": str(version.version),
-        "alias": reg.alias,
-        "promoted": promoted,
-        "reason": decision.reason if reg.promote else "registry.promote is false",
-        "champion_version": champion_version,
-        "run_id": run.info.run_id,
-        "model_uri": f"models:/{reg.model_name}/{version.version}",
-    }
+    log_metrics({"registered_version": float(result.version), "promoted": float(result.promoted)})
+    return registration_dict(result, aliases.champion, aliases.challenger, run_id)

@@ -7,6 +7,7 @@ from typing import Annotated
 from zenml import log_metadata, step
 
 from materializers.tokenized_dataset_materializer import TokenizedDatasetMaterializer
+from steps._caching import cache_policy
 from steps._tracking import active_run, log_metrics
 from tuneline.config import ModelConfig, TemplateConfig, TokenizeConfig
 from tuneline.data import render_summary_html, summarize
@@ -16,20 +17,18 @@ from tuneline.tokenize import tokenize_dataset as tokenize_records
 from tuneline.train.loading import load_tokenizer
 
 
-@step(output_materializers=TokenizedDatasetMaterializer)
+@step(output_materializers=TokenizedDatasetMaterializer, cache_policy=cache_policy(__name__))
 def tokenize_dataset(
     dataset: RecordSet,
     chat_template: str,
-    model_config: dict,
-    template_config: dict,
-    tokenize_config: dict,
+    model_config: ModelConfig,
+    template_config: TemplateConfig,
+    tokenize_config: TokenizeConfig,
     base_dir: str,
 ) -> Annotated[TokenizedDataset, "tokenized_dataset"]:
-    tokenizer = load_tokenizer(ModelConfig.model_validate(model_config), base_dir)
-    tcfg = TemplateConfig.model_validate(template_config)
-    tokenizer = prepare_tokenizer(tokenizer, tcfg, base_dir)
+    tokenizer = prepare_tokenizer(load_tokenizer(model_config, base_dir), template_config, base_dir)
     tokenizer.chat_template = chat_template
-    tokenized = tokenize_records(dataset, tokenizer, TokenizeConfig.model_validate(tokenize_config))
+    tokenized = tokenize_records(dataset, tokenizer, tokenize_config)
     stats = {}
     for split, s in tokenized.splits.items():
         for k, v in s.stats.items():

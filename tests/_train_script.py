@@ -1,8 +1,10 @@
 """Standalone training run on a tiny model, for tests that need a separate process.
 
-The kill-and-resume test SIGKILLs it mid-run and runs it again; the DDP test launches it
-with `accelerate launch --cpu --num_processes 2`. It also provides the tiny config/data
-builders the in-process tests share, so every test trains the same model.
+The kill-and-resume tests SIGKILL it mid-run and run it again; the DDP test launches it
+with torchrun; the collision test starts two at once against one artifact-store root
+(`--store`: the checkpoint directory comes from steps/_training.py as in the pipeline).
+It also provides the tiny config/data builders the in-process tests share, so every test
+trains the same model.
 
     python tests/_train_script.py --out O --ckpt C --steps 30 --save-steps 5 --metrics L.jsonl
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -32,6 +35,11 @@ CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+
+
+# A learning rate whose updates (~1e-30) vanish against float32 outputs: eval loss is then
+# bit-identical at every evaluation, on every CPU, while the adapter weights still change.
+FROZEN_LR = 1e-30
 
 
 def tiny_cfg(**train: Any) -> Any:
@@ -79,6 +87,20 @@ def tiny_data(n: int = 16, *, validation: int = 4, prefix: int = 4, packed: bool
     return TokenizedDataset(splits=splits)
 
 
+def early_stop_expected(eval_losses: list[tuple[int, float]], patience: int) -> tuple[int | None, int]:
+    """(step the run must stop at or None, best step) for these evaluations: stop after `patience`
+    evaluations without a lower eval loss (transformers' EarlyStoppingCallback rule)."""
+    best, best_step, bad = None, 0, 0
+    for step, loss in eval_losses:
+        if best is None or loss < best:
+            best, best_step, bad = loss, step, 0
+        else:
+            bad += 1
+            if bad >= patience:
+                return step, best_step
+    return None, best_step
+
+
 def tiny_tokenizer() -> Any:
     from transformers import AutoTokenizer
 
@@ -99,6 +121,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sleep", type=float, default=0.0, help="seconds per step, so a kill lands mid-run")
     ap.add_argument("--config-hash", default="cfg-1")
     ap.add_argument("--dropout", type=float, default=0.05, help="LoRA dropout (0: no per-rank RNG in DDP)")
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--resume", default="auto")
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--eval-steps", type=int, default=None, help="evaluate on a 4-row validation split")
+    ap.add_argument("--patience", type=int, default=None, help="train.early_stopping_patience")
+    ap.add_argument("--kill-at", type=int, default=None, help="SIGKILL itself once checkpoint-N is committed")
+    ap.add_argument(
+        "--store", default=None, help="artifact-store root: --ckpt is ignored, steps/_training.py keys it"
+    )
     args = ap.parse_args(argv)
 
     import torch
@@ -114,10 +145,21 @@ def main(argv: list[str] | None = None) -> int:
         batch_size=args.batch_size,
         gradient_accumulation_steps=args.grad_accum,
         save_total_limit=2,
-        learning_rate=1e-3,
+        learning_rate=args.lr,
         lora={"dropout": args.dropout},
+        seed=args.seed,
+        resume=args.resume,
+        eval_steps=args.eval_steps,
+        early_stopping_patience=args.patience,
     )
-    data = tiny_data(args.n, validation=0)
+    data = tiny_data(args.n, validation=4 if args.eval_steps else 0)
+    identity = {"config_hash": args.config_hash, "data_fingerprint": "d", "base_model": "tiny"}
+    ckpt = args.ckpt
+    if args.store:
+        from steps._training import checkpoint_dirs, run_identity
+
+        identity = run_identity(cfg, {"data": "d", "local_files": "none"})
+        ckpt, _ = checkpoint_dirs(cfg, identity, store_path=args.store, store_is_local=True)
     log_path = Path(args.metrics)
 
     def log_metrics(metrics: dict[str, float], step: int) -> None:
@@ -140,18 +182,30 @@ def main(argv: list[str] | None = None) -> int:
 
         transformers.Trainer.__init__ = init  # type: ignore[method-assign]
 
+    def on_checkpoint(path: str) -> None:
+        if args.kill_at is not None and path.endswith(f"checkpoint-{args.kill_at}"):
+            os.kill(os.getpid(), signal.SIGKILL)  # a crash right after the commit, no cleanup
+
     result = train(
         cfg,
         tiny_tokenizer(),
         data,
         output_dir=args.out,
-        checkpoint_dir=args.ckpt,
-        run_identity={"config_hash": args.config_hash, "data_fingerprint": "d", "base_model": "tiny"},
+        checkpoint_dir=ckpt,
+        run_identity=identity,
         log_metrics=log_metrics,
+        on_checkpoint=on_checkpoint,
     )
     if int(os.environ.get("RANK", "0")) == 0:
         Path(args.out, "result.json").write_text(
-            json.dumps({"resumed_from": result.resumed_from, "global_step": result.global_step})
+            json.dumps(
+                {
+                    "resumed_from": result.resumed_from,
+                    "global_step": result.global_step,
+                    "checkpoint_dir": ckpt,
+                    "metrics": result.metrics,
+                }
+            )
         )
     return 0
 

@@ -103,3 +103,20 @@ def test_paths_resolve_against_project_root(tmp_path):
     cfg = load_config(p)
     assert cfg.base_dir == str(tmp_path)
     assert cfg.resolve_path("data.jsonl") == str(tmp_path / "data.jsonl")
+
+
+def test_stage_configs_hold_only_the_sections_their_steps_read(tmp_path):
+    from tuneline.config import EvalConfig, EvalStage, PipelineConfig, TrainStage
+
+    cfg = load_config(
+        write(tmp_path, MINIMAL),
+        ["eval.max_samples=7", "registry.model_name=m", "tracking.mlflow_tracking_uri=http://u:p@host"],
+    )
+    train = TrainStage.of(cfg)
+    assert set(train.model_dump()) == {"name", "base_dir", "model", "data", "template", "tokenize", "train"}
+    assert train.project().eval == EvalConfig() and train.project().train == cfg.train
+    assert EvalStage.of(cfg).project().eval.max_samples == 7
+    run = PipelineConfig.of(cfg)
+    assert "tracking" not in run.model_dump()
+    assert run.project().model_dump(exclude={"tracking"}) == cfg.model_dump(exclude={"tracking"})
+    assert run.kind == cfg.kind

@@ -9,6 +9,7 @@ import pytest
 from tests.conftest import fixture_path
 from tuneline.config import DataConfig, SourceConfig
 from tuneline.data import load_records
+from tuneline.data.records import joined_content
 from tuneline.errors import DataError
 
 
@@ -32,7 +33,12 @@ def S(c):
 @pytest.mark.parametrize(
     ("row", "messages", "shape"),
     [
-        ({"instruction": "Sum", "input": "1 2", "output": "3"}, [U("Sum\n\n1 2"), A("3")], "alpaca"),
+        # The alpaca context stays a separate `input` (the alpaca template's "### Input:" block).
+        (
+            {"instruction": "Sum", "input": "1 2", "output": "3"},
+            [{**U("Sum"), "input": "1 2"}, A("3")],
+            "alpaca",
+        ),
         (
             {"instruction": "Hi", "output": "Yo", "system": "Be brief"},
             [S("Be brief"), U("Hi"), A("Yo")],
@@ -40,7 +46,7 @@ def S(c):
         ),
         (
             {"instruction": "Q", "context": "ctx", "response": "R", "category": "qa"},
-            [U("Q\n\nctx"), A("R")],
+            [{**U("Q"), "input": "ctx"}, A("R")],
             "alpaca",
         ),
         (
@@ -212,11 +218,9 @@ def test_lima_and_dolly():
     rs = load_records(_real("tiny_fixtures/litgpt_dolly.json", validation_split=0), "/", kind="chat")
     recs = sorted(rs.splits["train"], key=lambda r: r.meta["line"])
     assert len(recs) == 12
-    assert (
-        recs[0]
-        .messages[0]["content"]
-        .startswith("When did Virgin Australia start operating?\n\nVirgin Australia")
-    )
+    first = recs[0].messages[0]
+    assert first["content"] == "When did Virgin Australia start operating?"
+    assert joined_content(first).startswith("When did Virgin Australia start operating?\n\nVirgin Australia")
 
 
 def test_llamafactory_alpaca_and_dpo():

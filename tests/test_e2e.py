@@ -56,7 +56,7 @@ def test_sft_pipeline_end_to_end(tmp_path):
     home = tmp_path / "home"
     r = run_cli(home, "--config", "configs/sft.yaml", *FAST)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-6000:]
-    assert "registered models:/e2e-model/1" in r.stdout
+    assert "registered models:/e2e-model/1" in r.stdout and "promoted to @champion" in r.stdout
 
     uri = f"sqlite:///{home / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -67,12 +67,22 @@ def test_sft_pipeline_end_to_end(tmp_path):
     m = run.data.metrics
     # The model learned: held-out loss far below the base, answers clearly better.
     assert m["finetuned_eval_loss"] < 0.5 * m["base_eval_loss"]
-    assert m["finetuned_rouge_l"] > m["base_rouge_l"] + 0.2
+    assert m["finetuned_rougeL"] > m["base_rougeL"] + 0.2
+    # ... by more than noise: the paired bootstrap interval of the gain excludes zero.
+    assert m["delta_rougeL_ci_low"] > 0 and m["delta_rougeL_significant"] == 1.0
+    assert m["finetuned_rougeL_ci_low"] <= m["finetuned_rougeL"] <= m["finetuned_rougeL_ci_high"]
+    evals = {a.path for a in client.list_artifacts(run.info.run_id, "eval")}
+    assert {"eval/report.html", "eval/samples.json"} <= evals
+    assert "largest wins (rougeL)" in r.stdout and "delta 95% CI" in r.stdout
     assert client.get_metric_history(run.info.run_id, "loss"), "per-step training loss was not logged"
     assert "train.learning_rate" in run.data.params
     assert any(k.startswith("data.fingerprint.") for k in run.data.params)
     # Lineage on the version, the champion alias, and the model files as artifacts.
     assert mv.tags["data.fingerprint.train"] == run.data.params["data.fingerprint.train"]
+    for key in ("git.commit", "config.sha256", "zenml.run_id", "weights.sha256", "hardware", "pkg.torch"):
+        assert mv.tags.get(key), key
+    assert mv.tags["mlflow_run_id"] == run.info.run_id and mv.tags["decision"] == "champion"
+    assert "tuneline_config.json" in {a.path for a in client.list_artifacts(run.info.run_id)}
     assert client.get_model_version_by_alias("e2e-model", "champion").version == mv.version
     # The model lives in the ZenML artifact store (durable), not only in a worker's temp dir.
     stored = list((home / "artifacts" / "train_model").rglob("model.safetensors"))
@@ -107,6 +117,11 @@ def test_sft_pipeline_end_to_end(tmp_path):
     executed = next(line for line in r3.stdout.splitlines() if "executed steps" in line)
     assert "train_model" in cached and "tokenize_dataset" in cached
     assert "evaluate_model" in executed
+    # Same weights: the version is re-evaluated and reused, never registered twice.
+    assert "registered models:/e2e-model/1" in r3.stdout and "promoted to @champion" in r3.stdout
+    assert len(client.search_model_versions("name='e2e-model'")) == 1
+    v1 = client.get_model_version("e2e-model", "1").tags
+    assert len({k.split(".")[1] for k in v1 if k.startswith("eval.") and k != "eval.fingerprint"}) == 2
 
 
 @pytest.mark.e2e
@@ -221,15 +236,17 @@ def test_pipeline_resumes_after_kill_9_during_training(tmp_path):
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
-    ckpt_root = home / "artifacts" / "checkpoints" / "lorekeep--full"
+    # One directory per run identity: <name>--<method>--<digest of config, data, base>.
+    ckpt_roots = home / "artifacts" / "checkpoints"
+    committed = "lorekeep--full--*/checkpoint-100/manifest.json"
     deadline = time.time() + 400
     try:
         while time.time() < deadline and proc.poll() is None:
-            if (ckpt_root / "checkpoint-100" / "manifest.json").exists():
+            if list(ckpt_roots.glob(committed)):
                 break
             time.sleep(0.5)
         assert proc.poll() is None, "the run ended before it could be killed"
-        assert (ckpt_root / "checkpoint-100" / "manifest.json").exists(), "no committed checkpoint in time"
+        assert list(ckpt_roots.glob(committed)), "no committed checkpoint in time"
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -244,4 +261,4 @@ def test_pipeline_resumes_after_kill_9_during_training(tmp_path):
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "loss")]
     assert steps and min(steps) > 100, f"the resumed run re-trained steps it had already done: {steps[:5]}"
     assert run.data.metrics["global_step"] == 300
-    assert not ckpt_root.exists(), "a finished run's checkpoints are cleaned up"
+    assert not list(ckpt_roots.glob("lorekeep--full--*")), "a finished run's checkpoints are cleaned up"

@@ -10,7 +10,7 @@ import torch
 from tests.conftest import fixture_path
 from tuneline.config import RegistryConfig, load_config
 from tuneline.data.records import Record
-from tuneline.evaluation import eval_loss, generate_answers, load_start_model, load_trained_model
+from tuneline.evaluate.generate import eval_loss, generate_answers, load_start_model, load_trained_model
 from tuneline.tokenize import (
     encode_for_inference,
     end_of_turn_token_ids,
@@ -118,15 +118,15 @@ def test_adapter_is_loaded_on_the_base_it_was_trained_on(tmp_path, tiny_tokenize
 @pytest.mark.parametrize(
     ("tuned", "base", "min_gain", "refused"),
     [
-        ({"rouge_l": 0.6}, {"rouge_l": 0.2}, 0.0, False),
-        ({"rouge_l": 0.1}, {"rouge_l": 0.2}, 0.0, True),  # worse than its base: never registered
-        ({"rouge_l": 0.25}, {"rouge_l": 0.2}, 0.1, True),
-        ({"rouge_l": float("nan")}, {}, 0.0, True),
+        ({"rougeL": 0.6}, {"rougeL": 0.2}, 0.0, False),
+        ({"rougeL": 0.1}, {"rougeL": 0.2}, 0.0, True),  # worse than its base: never registered
+        ({"rougeL": 0.25}, {"rougeL": 0.2}, 0.1, True),
+        ({"rougeL": float("nan")}, {}, 0.0, True),
         ({}, {}, 0.0, True),
     ],
 )
 def test_registration_gate(tuned, base, min_gain, refused):
-    reg = RegistryConfig(metric="rouge_l", greater_is_better=True, min_improvement_over_base=min_gain)
+    reg = RegistryConfig(metric="rougeL", greater_is_better=True, min_improvement_over_base=min_gain)
     assert (registration_refusal(reg, tuned, base, evaluated=True) is not None) == refused
 
 
@@ -134,3 +134,87 @@ def test_registration_gate_lower_is_better():
     reg = RegistryConfig(metric="eval_loss", greater_is_better=False)
     assert registration_refusal(reg, {"eval_loss": 1.0}, {"eval_loss": 5.0}, evaluated=True) is None
     assert registration_refusal(reg, {"eval_loss": 6.0}, {"eval_loss": 5.0}, evaluated=True)
+
+
+REMOTE_CONFIG = """from transformers import LlamaConfig
+
+
+class RemoteConfig(LlamaConfig):
+    model_type = "tuneline_remote_llama"
+"""
+REMOTE_MODEL = """from transformers import LlamaForCausalLM
+
+from .configuration_remote import RemoteConfig
+
+
+class RemoteForCausalLM(LlamaForCausalLM):
+    config_class = RemoteConfig
+"""
+
+
+@pytest.fixture
+def remote_code_model(tmp_path, monkeypatch):
+    """A local model directory whose config names its own Python classes (auto_map): loading it
+    runs that code, so it loads only with trust_remote_code. No network involved."""
+    import transformers.dynamic_module_utils as dmu
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    monkeypatch.setattr(dmu, "HF_MODULES_CACHE", str(tmp_path / "hf_modules"))
+    torch.manual_seed(0)
+    conf = {k: v for k, v in TINY.items() if k != "model_type"}
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, **conf))
+    src = tmp_path / "remote"
+    model.save_pretrained(src)
+    cfg = json.loads((src / "config.json").read_text())
+    cfg["model_type"] = "tuneline_remote_llama"
+    cfg["architectures"] = ["RemoteForCausalLM"]
+    cfg["auto_map"] = {
+        "AutoConfig": "configuration_remote.RemoteConfig",
+        "AutoModelForCausalLM": "modeling_remote.RemoteForCausalLM",
+    }
+    (src / "config.json").write_text(json.dumps(cfg))
+    (src / "configuration_remote.py").write_text(REMOTE_CONFIG)
+    (src / "modeling_remote.py").write_text(REMOTE_MODEL)
+    adapter = tmp_path / "adapter"
+    get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(adapter)
+    return src, adapter
+
+
+def _remote_project(tmp_path, src, trust: bool):
+    data = tmp_path / "d.jsonl"
+    data.write_text(
+        json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]})
+    )
+    return load_config(
+        data={
+            "model": {"name_or_path": str(src), "trust_remote_code": trust, "dtype": "float32"},
+            "data": {"path": str(data)},
+        }
+    )
+
+
+@pytest.mark.parametrize("recorded", [False, True])
+def test_trust_remote_code_is_the_configs_decision_on_every_evaluation_load(
+    tmp_path, remote_code_model, recorded
+):
+    from tuneline.errors import ConfigError
+
+    src, adapter = remote_code_model
+    # The training run recorded the opposite of what this config says: the config wins.
+    base = {"name_or_path": str(src), "trust_remote_code": recorded, "dtype": "float32"}
+    (adapter / "tuneline_train.json").write_text(json.dumps({"base_model": base}))
+    trusted, refused = _remote_project(tmp_path, src, True), _remote_project(tmp_path, src, False)
+
+    for load in (
+        lambda cfg: load_trained_model(cfg, adapter, 64),  # adapter on its recorded base
+        lambda cfg: load_trained_model(cfg, src, 64),  # a full model directory
+        lambda cfg: load_start_model(cfg, 64),  # the base to compare against
+    ):
+        model = load(trusted)
+        assert type(model.get_base_model() if hasattr(model, "get_base_model") else model).__name__ == (
+            "RemoteForCausalLM"
+        )
+        with pytest.raises(ConfigError) as e:
+            load(refused)
+        assert "model.trust_remote_code" in str(e.value)

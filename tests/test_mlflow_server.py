@@ -16,7 +16,7 @@ import uuid
 import pytest
 
 from tuneline.home import redact_uri
-from tuneline.tracking import champion_score, decide_promotion, register_version
+from tuneline.registry import Candidate, PromotionPolicy, Scored, eval_fingerprint, register_and_decide
 
 
 def _free_port() -> int:
@@ -118,22 +118,29 @@ def test_register_and_promote_over_http(mlflow_server, tmp_path):
     client = MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
     exp = client.create_experiment("server-test")
     versions = []
+    policy = PromotionPolicy(metric="rouge_l")
+    fp = eval_fingerprint("server-data")
     for score in (0.2, 0.5, 0.4):
         run = client.create_run(exp)
         client.log_metric(run.info.run_id, "finetuned_rouge_l", score)
         client.set_terminated(run.info.run_id)
-        mv = register_version(
+        result = register_and_decide(
             client,
-            model_name="srv-model",
-            source=f"runs:/{run.info.run_id}/model",
-            run_id=run.info.run_id,
-            tags={"metric.rouge_l": str(score)},
+            "srv-model",
+            Candidate(
+                source=f"runs:/{run.info.run_id}/model",
+                run_id=run.info.run_id,
+                weights_sha256=f"weights-{score}",
+                scores=Scored({"rouge_l": score}, fp),
+                base=Scored({"rouge_l": 0.1}, fp),
+            ),
+            policy,
+            registry_uri=mlflow_server,
         )
-        champ, ver = champion_score(client, "srv-model", "champion", "rouge_l")
-        if decide_promotion(score, champ, greater_is_better=True, champion_version=ver).promoted:
-            client.set_registered_model_alias("srv-model", "champion", mv.version)
-        versions.append(mv.version)
-    assert client.get_model_version_by_alias("srv-model", "champion").version == versions[1]
+        assert not result.serialised, "a server has no shared file lock: set-then-verify decides"
+        versions.append(result.version)
+    assert str(client.get_model_version_by_alias("srv-model", "champion").version) == versions[1]
+    assert str(client.get_model_version_by_alias("srv-model", "challenger").version) == versions[2]
 
 
 def test_redact_uri_hides_credentials():

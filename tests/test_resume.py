@@ -90,6 +90,51 @@ def test_kill9_mid_run_then_rerun_resumes_and_matches_uninterrupted(tmp_path):
         assert torch.equal(wa[k], wb[k]), k
 
 
+def test_kill9_then_resume_keeps_the_early_stopping_decision(tmp_path):
+    """The patience counter, the best score and the best weights are part of the checkpoint: a
+    run killed between evaluations stops where the uninterrupted run stops and hands back the
+    same best weights. At FROZEN_LR every eval loss is bit-identical (see _train_script), so the
+    uninterrupted run stops at step 2 + patience * 2 = 8 on any CPU; the kill lands right after
+    checkpoint-4 is committed, with one evaluation of patience spent."""
+    from safetensors.torch import load_file as load
+
+    from tests._train_script import FROZEN_LR
+
+    common = [
+        "--eval-steps",
+        "2",
+        "--patience",
+        "3",
+        "--lr",
+        str(FROZEN_LR),
+        "--dropout",
+        "0",
+        "--save-steps",
+        "2",
+    ]
+    clean, crashed = tmp_path / "clean", tmp_path / "crashed"
+    _run([*_cmd(clean), *common])
+    victim = subprocess.run(
+        [*_cmd(crashed), *common, "--kill-at", "4"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert victim.returncode == -signal.SIGKILL, victim.stderr[-3000:]
+    assert not (crashed / "out" / "result.json").exists()
+    _run([*_cmd(crashed), *common])  # the same command, no kill
+
+    a = json.loads((clean / "out" / "result.json").read_text())
+    b = json.loads((crashed / "out" / "result.json").read_text())
+    assert b["resumed_from"].endswith("checkpoint-4")
+    assert a["global_step"] == b["global_step"] == 8, (a["global_step"], b["global_step"])
+    assert a["metrics"]["best_step"] == b["metrics"]["best_step"] == 2
+    for d in (clean, crashed):
+        assert json.loads((d / "out" / "tuneline_train.json").read_text())["restored_best_eval_weights"]
+    wa, wb = (
+        load(clean / "out" / "adapter_model.safetensors"),
+        load(crashed / "out" / "adapter_model.safetensors"),
+    )
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
 @pytest.mark.slow
 def test_ddp_two_cpu_processes_match_single_process(tmp_path):
     """2 ranks x batch 2 == 1 rank x batch 2 x grad-accum 2: same samples per optimizer step."""

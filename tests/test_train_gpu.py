@@ -71,3 +71,36 @@ def test_multi_gpu_ddp_trains(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     manifest = json.loads((tmp_path / "ckpt" / "checkpoint-6" / "manifest.json").read_text())
     assert {"rng_state_0.pth", "rng_state_1.pth"} <= set(manifest["files"])
+
+
+def test_qlora_trains_the_rows_of_added_control_tokens(tmp_path):
+    """Same code path as tests/test_train_new_tokens.py (LoRA): on a 4-bit base the new
+    end-of-turn rows are trainable tokens too, saved in the adapter and restored on the
+    unquantized base that export and evaluation load."""
+    pytest.importorskip("bitsandbytes")
+    from peft import PeftModel
+
+    from tests.test_train_new_tokens import CHATML_TOKENS, QA, _pretrained_base, _records, _sft_cfg
+    from tuneline.tokenize import prepare_tokenizer, tokenize_dataset
+    from tuneline.train.loading import load_model, load_tokenizer
+
+    cfg = _sft_cfg(_pretrained_base(tmp_path, tied=False), method="qlora")
+    tok = prepare_tokenizer(load_tokenizer(cfg.model), cfg.template)
+    new_ids = sorted(tok.convert_tokens_to_ids(t) for t in CHATML_TOKENS)
+    data = tokenize_dataset(_records(), tok, cfg.tokenize)
+    out = tmp_path / "out"
+    train(cfg, tok, data, output_dir=str(out), checkpoint_dir=str(tmp_path / "ckpt"), run_identity={})
+    adapter = load_file(out / "adapter_model.safetensors")
+    token_keys = [k for k in adapter if "trainable_tokens" in k]
+    assert len(token_keys) == 2 and all(adapter[k].shape[0] == len(new_ids) for k in token_keys), token_keys
+    assert load_summary(out)["trained_token_rows"] == new_ids
+
+    model = PeftModel.from_pretrained(load_model(cfg.model, vocab_size=len(tok)), str(out)).eval()
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+    for q, a in QA:
+        turn = [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+        ids = tok(tok.apply_chat_template(turn, tokenize=False), add_special_tokens=False)["input_ids"]
+        stop_at = max(i for i, t in enumerate(ids) if t == end)
+        with torch.no_grad():
+            logits = model(torch.tensor([ids[:stop_at]], device=model.device)).logits[0, -1]
+        assert logits.argmax().item() == end, q

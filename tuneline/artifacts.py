@@ -22,10 +22,6 @@ class ModelArtifact:
     # True when `path` is scratch space: once copied to the artifact store it is deleted.
     scratch: bool = False
 
-    @property
-    def is_adapter(self) -> bool:
-        return (Path(self.path) / "adapter_config.json").exists()
-
     def info(self) -> dict[str, Any]:
         return {"method": self.method, "base_model": self.base_model, "metrics": self.metrics}
 

@@ -1,4 +1,5 @@
-"""The parts of the CLI that need no ZenML: preflight validation, dry-run plan, preview.
+"""The parts of the CLI that need no ZenML: preflight validation, dry-run plan, preview, and the
+registry commands (`models`, `promote`, `rollback`).
 
 Preflight runs before any pipeline exists, so bad data fails fast with exit 2 and
 leaves no half-made ZenML run, MLflow run or registered version behind.
@@ -7,10 +8,14 @@ leaves no half-made ZenML run, MLflow run or registered version behind.
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
+from typing import Any
 
 from tuneline.config import ProjectConfig
 from tuneline.data import load_records, source_fingerprint
 from tuneline.data.records import RecordSet
+from tuneline.errors import UserError
 from tuneline.fingerprints import local_inputs_fingerprint
 from tuneline.home import mlflow_tracking_uri, redact_uri, tuneline_home
 
@@ -79,33 +84,31 @@ def preview(cfg: ProjectConfig, n: int, *, as_json: bool = False) -> list[str]:
     """Show N training examples exactly as the trainer receives them; needs only a tokenizer.
 
     SFT / continued pretraining: token ids and labels (-100 = masked). DPO / ORPO: the
-    prompt / chosen / rejected strings rendered with the training template, which TRL
-    then tokenizes itself.
+    pre-tokenized prompt / chosen / rejected ids (with their decoded text) the trainer
+    is handed.
     """
-    from tuneline.tokenize import format_preference_split, prepare_tokenizer, tokenize_split
-    from tuneline.tokenize.preview import preview_json_lines, render_preview
+    from tuneline.tokenize import (
+        preference_tokenize_config,
+        prepare_tokenizer,
+        tokenize_preference_split,
+        tokenize_split,
+    )
+    from tuneline.tokenize.preview import (
+        preference_json_lines,
+        preference_preview,
+        preview_json_lines,
+        render_preview,
+    )
     from tuneline.train.loading import load_tokenizer
 
     records = load_records(cfg.data, cfg.base_dir, kind=cfg.kind)
     tokenizer = prepare_tokenizer(load_tokenizer(cfg.model, cfg.base_dir), cfg.template, cfg.base_dir)
     sample = records.splits.get("train", [])[:n]
     if cfg.kind == "preference":
-        rows = format_preference_split(sample, tokenizer)
+        rows = tokenize_preference_split(sample, tokenizer, preference_tokenize_config(cfg))
         if as_json:
-            return [json.dumps(r, ensure_ascii=False) for r in rows]
-        out = []
-        for i, r in enumerate(rows):
-            out += [
-                f"── pair {i}",
-                "prompt:",
-                r["prompt"],
-                "chosen:",
-                f"⟦{r['chosen']}⟧",
-                "rejected:",
-                f"⟦{r['rejected']}⟧",
-                "",
-            ]
-        return out
+            return preference_json_lines(rows, tokenizer)
+        return [preference_preview(rows, tokenizer)]
     split = tokenize_split(sample, tokenizer, cfg.tokenize)
     if cfg.tokenize.packing:
         from tuneline.tokenize.packing import pack_split
@@ -114,3 +117,130 @@ def preview(cfg: ProjectConfig, n: int, *, as_json: bool = False) -> list[str]:
     if as_json:
         return preview_json_lines(split, tokenizer, n)
     return [render_preview(split, tokenizer, n)]
+
+
+# --- the registry, operated by hand --------------------------------------------------------
+
+
+def registry_target(config_path: str | None = None) -> tuple[str, Any]:
+    """(the tracking/registry URI the pipeline writes to, the config's `registry` section or None).
+
+    `--config` gives `tracking.mlflow_tracking_uri` and the registry settings (alias, metric);
+    without it, MLFLOW_TRACKING_URI, else the SQLite file in TUNELINE_HOME: what a run with
+    no tracking URI in its config registers into.
+    """
+    from tuneline.config import load_config
+
+    cfg = load_config(config_path) if config_path else None
+    uri = mlflow_tracking_uri(cfg.tracking.mlflow_tracking_uri if cfg else None)
+    if uri.startswith("sqlite:///"):
+        path = Path(uri.removeprefix("sqlite:///"))
+        if not path.exists():
+            # MLflow would create an empty store here and then report "no registered model".
+            raise UserError(
+                f"no MLflow store at {path}: no pipeline has run with TUNELINE_HOME={tuneline_home()}; "
+                "set TUNELINE_HOME or MLFLOW_TRACKING_URI, or pass --config with tracking.mlflow_tracking_uri"
+            )
+    return uri, (cfg.registry if cfg else None)
+
+
+def _client(uri: str) -> Any:
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def _aliases(reg: Any) -> Any:
+    from tuneline.registry import Aliases
+
+    return Aliases(reg.alias if reg is not None else "champion")
+
+
+def models_command(name: str, *, config_path: str | None = None, show_history: bool = False) -> str:
+    """Every version of `name`, newest first: aliases, scores, decision and lineage."""
+    from tuneline.registry import (
+        DEFAULT_TIE_BREAK,
+        format_history,
+        format_versions,
+        history,
+        list_versions,
+    )
+
+    uri, reg = registry_target(config_path)
+    client = _client(uri)
+    versions = list_versions(client, name, registry_uri=uri)
+    metrics = None
+    if reg is not None:
+        tie = reg.tie_break_metric or DEFAULT_TIE_BREAK.get(reg.metric)
+        metrics = [m for m in (reg.metric, tie) if m]
+    out = [format_versions(name, versions, metrics=metrics, aliases=_aliases(reg))]
+    out.append("")
+    out.append("lineage (newest first):")
+    for v in versions:
+        lineage = v.lineage
+        commit = lineage.get("git.commit", "?")
+        out.append(
+            f"  v{v.version}: run {v.run_id or '-'}  zenml {lineage.get('zenml.pipeline_run', '-')}  "
+            f"git {commit[:12]}{'+dirty' if lineage.get('git.dirty') == 'true' else ''}  "
+            f"config {lineage.get('config.sha256', '-')[:12]}  "
+            f"base {lineage.get('base_model', '-')}"
+            + (f"@{lineage['base_model.revision']}" if "base_model.revision" in lineage else "")
+            + f"  data {lineage.get('data.sources', '-')}"
+        )
+    if show_history:
+        out += ["", "history (oldest first):", format_history(history(client, name, registry_uri=uri))]
+    out.append(f"\nregistry: {redact_uri(uri)}")
+    return "\n".join(out)
+
+
+def current_user() -> str:
+    """Who is recorded for a manual change when --who is not given."""
+    import getpass
+
+    try:
+        return os.environ.get("USER") or getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def promote_command(
+    name: str,
+    version: str,
+    *,
+    reason: str | None = None,
+    who: str | None = None,
+    config_path: str | None = None,
+) -> str:
+    """Make `version` @champion by hand; the current champion becomes @previous-champion."""
+    from tuneline.registry import promote
+
+    uri, reg = registry_target(config_path)
+    result = promote(
+        _client(uri),
+        name,
+        version,
+        reason=reason or "promoted by hand (no --reason given)",
+        who=who or current_user(),
+        aliases=_aliases(reg),
+        registry_uri=uri,
+    )
+    return f"{name}: {result.message}"
+
+
+def rollback_command(
+    name: str, *, reason: str | None = None, who: str | None = None, config_path: str | None = None
+) -> str:
+    """Move @champion back to @previous-champion; the rolled-back version is never re-promoted
+    automatically."""
+    from tuneline.registry import rollback
+
+    uri, reg = registry_target(config_path)
+    result = rollback(
+        _client(uri),
+        name,
+        reason=reason or "rolled back by hand (no --reason given)",
+        who=who or current_user(),
+        aliases=_aliases(reg),
+        registry_uri=uri,
+    )
+    return f"{name}: {result.message}"

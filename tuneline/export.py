@@ -12,17 +12,14 @@ from typing import Any
 
 from tuneline.config import ModelConfig
 from tuneline.errors import ConfigError, Problem
-from tuneline.train.loading import is_adapter_dir, load_model
+from tuneline.train.loading import is_adapter_dir, load_model, load_tokenizer
 
 
 def _tokenizer_for(adapter_dir: Path, base_model_cfg: ModelConfig, base_dir: str) -> Any:
-    """Prefer the tokenizer saved next to the adapter: it carries the training chat template."""
-    from transformers import AutoTokenizer
-
+    """Prefer the tokenizer saved next to the adapter: it carries the training chat template.
+    Either way custom tokenizer code runs only if model.trust_remote_code says so."""
     if (adapter_dir / "tokenizer_config.json").is_file():
-        return AutoTokenizer.from_pretrained(str(adapter_dir))
-    from tuneline.train.loading import load_tokenizer
-
+        return load_tokenizer(base_model_cfg.model_copy(update={"tokenizer": str(adapter_dir)}), base_dir)
     return load_tokenizer(base_model_cfg, base_dir)
 
 

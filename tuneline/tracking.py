@@ -1,16 +1,25 @@
-"""MLflow helpers that do not depend on ZenML: params, secrets, registry promotion.
-
-The registry logic lives here, not in a step, so it is testable against a real
-SQLite or server-backed MLflow store without running a pipeline.
+"""MLflow helpers that do not depend on ZenML: params, secrets, whether a model may be registered,
+and fetching registered versions. Registering, promotion and rollback live in `tuneline.registry`.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import re
 from typing import Any
 
-SECRET_MARKERS = ("token", "password", "secret", "api_key", "apikey", "credential")
+# Whole words of a key that mark it secret. Matching words, not substrings, keeps
+# `tokenize.*`, `model.tokenizer` and `eval.max_new_tokens` in the logged params.
+SECRET_WORDS = frozenset(
+    {"password", "passwd", "pwd", "secret", "credential", "credentials", "apikey", "passphrase"}
+)
+# `key` is secret only after one of these (`api_key`, `private-key`), not alone (`registry.key`).
+SECRET_KEY_QUALIFIERS = frozenset({"api", "access", "private", "secret", "signing", "auth"})
+# A key ending in `token` holds one (`hf_token`, `auth.token`), unless it names a
+# vocabulary token (`pad_token`, `eos_token`); `token_count` describes tokens.
+VOCAB_TOKEN_ROLES = frozenset(
+    {"pad", "eos", "bos", "unk", "sep", "cls", "mask", "stop", "start", "end", "special"}
+)
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -24,11 +33,25 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def is_secret_key(key: str) -> bool:
+    """`hf_token`, `auth.token`, `x.access_token`, `apiKey`: each dotted segment is split into
+    words on `_`, `-` and camelCase and matched word by word, so `tokenize.*` is never a secret."""
+    for segment in key.split("."):
+        words = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", segment).lower().replace("-", "_").split("_")
+        if SECRET_WORDS.intersection(words):
+            return True
+        if words[-1] == "token" and (len(words) == 1 or words[-2] not in VOCAB_TOKEN_ROLES):
+            return True
+        if any(w == "key" and i and words[i - 1] in SECRET_KEY_QUALIFIERS for i, w in enumerate(words)):
+            return True
+    return False
+
+
 def safe_params(config: dict[str, Any]) -> dict[str, str]:
-    """Flattened config for mlflow.log_params, with anything secret-looking removed."""
+    """Flattened config for mlflow.log_params, with every secret-named key removed."""
     params = {}
     for k, v in flatten(config).items():
-        if any(m in k.lower() for m in SECRET_MARKERS):
+        if is_secret_key(k):
             continue
         s = "" if v is None else str(v)
         params[k] = s[:500]  # MLflow caps param values; long inline records are not useful as params
@@ -45,49 +68,19 @@ def finite_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-@dataclass
-class PromotionDecision:
-    promoted: bool
-    reason: str
-    candidate: float | None
-    champion: float | None
-    champion_version: str | None
-
-
-def decide_promotion(
-    candidate: float | None,
-    champion: float | None,
-    *,
-    greater_is_better: bool,
-    champion_version: str | None = None,
-) -> PromotionDecision:
-    """A candidate without a finite score never wins; no champion means it wins."""
-    if candidate is None or not math.isfinite(candidate):
-        return PromotionDecision(
-            False, "candidate has no finite score", candidate, champion, champion_version
-        )
-    if champion is None or not math.isfinite(champion):
-        return PromotionDecision(True, "no current champion", candidate, champion, champion_version)
-    better = candidate > champion if greater_is_better else candidate < champion
-    op = ">" if greater_is_better else "<"
-    if better:
-        return PromotionDecision(
-            True, f"{candidate:.4f} {op} champion {champion:.4f}", candidate, champion, champion_version
-        )
-    return PromotionDecision(
-        False, f"{candidate:.4f} not {op} champion {champion:.4f}", candidate, champion, champion_version
-    )
-
-
 def registration_refusal(
     reg: Any, tuned: dict[str, float], base: dict[str, float], *, evaluated: bool
 ) -> str | None:
-    """Why this model must not be registered, or None. A model worse than its own base
-    (by more than `min_improvement_over_base` allows) or with a non-finite score never is."""
+    """Why this model must not be registered, or None. A model that was not evaluated, one
+    worse than its own base (by more than `min_improvement_over_base` allows) or one with a
+    non-finite score never is: the registry only holds versions with scores to compare."""
     if not reg.enabled:
         return "registry.enabled is false"
     if not evaluated:
-        return None
+        return (
+            "the model was not evaluated (eval.enabled is false), so it has no score to register or "
+            "promote on; set eval.enabled: true, or registry.enabled: false to skip registering"
+        )
     score = tuned.get(reg.metric)
     if score is None:
         return f"registry.metric '{reg.metric}' was not reported by evaluation (got {sorted(tuned)})"
@@ -101,46 +94,6 @@ def registration_refusal(
                 f"registry.min_improvement_over_base={reg.min_improvement_over_base}"
             )
     return None
-
-
-def register_version(
-    client: Any,
-    *,
-    model_name: str,
-    source: str,
-    run_id: str,
-    tags: dict[str, str],
-    description: str | None = None,
-) -> Any:
-    """Create the registered model if needed, then one new version pointing at `source`."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        client.get_registered_model(model_name)
-    except MlflowException:
-        client.create_registered_model(model_name, description="Fine-tuned with tuneline")
-    return client.create_model_version(
-        name=model_name,
-        source=source,
-        run_id=run_id,
-        tags={k: str(v) for k, v in tags.items()},
-        description=description,
-    )
-
-
-def champion_score(client: Any, model_name: str, alias: str, metric: str) -> tuple[float | None, str | None]:
-    """The champion's score for `metric`, read from the tag the version was registered with."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        mv = client.get_model_version_by_alias(model_name, alias)
-    except MlflowException:
-        return None, None
-    raw = (mv.tags or {}).get(f"metric.{metric}")
-    if raw is None and mv.run_id:
-        run = client.get_run(mv.run_id)
-        raw = run.data.metrics.get(f"finetuned_{metric}")
-    return (float(raw) if raw is not None else None), mv.version
 
 
 def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:

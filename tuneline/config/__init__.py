@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import yaml
 from pydantic import Field, ValidationError, model_validator
@@ -23,6 +23,7 @@ from tuneline.config.train import (
     EVAL_METRICS,
     LOWER_IS_BETTER,
     METHOD_KIND,
+    RENAMED_METRICS,
     LoraConfig,
     PreferenceConfig,
     ResourcesConfig,
@@ -33,8 +34,10 @@ from tuneline.errors import ConfigError, Problem
 __all__ = [
     "DataConfig",
     "EvalConfig",
+    "EvalStage",
     "LoraConfig",
     "ModelConfig",
+    "PipelineConfig",
     "PreferenceConfig",
     "ProjectConfig",
     "RegistryConfig",
@@ -44,6 +47,7 @@ __all__ = [
     "TokenizeConfig",
     "TrackingConfig",
     "TrainConfig",
+    "TrainStage",
     "load_config",
     "parse_override",
 ]
@@ -67,13 +71,20 @@ class ProjectConfig(Section):
     def _registry_metric_fits_method(self) -> ProjectConfig:
         """A metric evaluation never reports would only fail after training; catch it here."""
         kind = METHOD_KIND[self.train.method]
-        allowed = EVAL_METRICS[kind]
+        scores = self.eval.score_keys() if kind == "chat" else ()
+        allowed = (*(scores or ()), *EVAL_METRICS[kind])
         if self.registry.metric is None:
-            self.registry.metric = DEFAULT_METRIC[kind]
-        if self.registry.metric not in allowed:
+            self.registry.metric = DEFAULT_METRIC[kind] or allowed[0]
+        metric = self.registry.metric
+        if metric not in allowed and not (scores is None and metric not in RENAMED_METRICS):
+            hint = RENAMED_METRICS.get(metric) or next(
+                iter(difflib.get_close_matches(metric, allowed, 1)), None
+            )
             raise ValueError(
-                f"registry.metric: '{self.registry.metric}' is not reported for train.method={self.train.method}; "
-                f"use one of {', '.join(allowed)}"
+                f"registry.metric: '{metric}' is not reported for train.method={self.train.method}"
+                + (f" with eval.metrics {self.eval.metrics}" if kind == "chat" else "")
+                + (f"; did you mean '{hint}'?" if hint else "")
+                + f" (reported: {', '.join(allowed)})"
             )
         lower = self.registry.metric in LOWER_IS_BETTER
         if self.registry.greater_is_better is None:
@@ -83,6 +94,16 @@ class ProjectConfig(Section):
                 f"registry.greater_is_better: {self.registry.metric} is "
                 f"{'lower' if lower else 'higher'}-is-better; set greater_is_better: {str(not lower).lower()}"
             )
+        tie = self.registry.tie_break_metric
+        if tie is not None:
+            # The gate breaks ties on a higher-is-better metric other than the deciding one.
+            usable = [m for m in allowed if m not in LOWER_IS_BETTER and m != metric]
+            if tie not in usable:
+                raise ValueError(
+                    f"registry.tie_break_metric: '{tie}' cannot break ties on {metric} for "
+                    f"train.method={self.train.method}; use one of: {', '.join(usable) or '(none)'}, "
+                    "or remove the key"
+                )
         return self
 
     @property
@@ -96,6 +117,46 @@ class ProjectConfig(Section):
             return str(path)
         cand = Path(self.base_dir) / path
         return str(cand)
+
+
+class TrainStage(Section):
+    """The sections training reads, and all a train step receives: a change to eval or
+    registry settings leaves its cache key, and so the trained model, untouched."""
+
+    name: str
+    base_dir: str
+    model: ModelConfig
+    data: DataConfig
+    template: TemplateConfig
+    tokenize: TokenizeConfig
+    train: TrainConfig
+
+    @classmethod
+    def of(cls, cfg: TrainStage | ProjectConfig) -> Self:
+        return cls.model_validate({k: getattr(cfg, k) for k in cls.model_fields})
+
+    @property
+    def kind(self) -> str:
+        return METHOD_KIND[self.train.method]
+
+    def project(self) -> ProjectConfig:
+        """A ProjectConfig for the core functions that take one; sections this stage does
+        not hold keep their defaults, which the code of this stage never reads."""
+        return ProjectConfig.model_validate({k: getattr(self, k) for k in type(self).model_fields})
+
+
+class EvalStage(TrainStage):
+    """What evaluation reads: training's sections (to rebuild the base model), `eval`, and
+    `registry` (which champion to score on the same eval set, which metric ranks samples)."""
+
+    eval: EvalConfig
+    registry: RegistryConfig
+
+
+class PipelineConfig(EvalStage):
+    """The whole config except `tracking`: the parameters of a pipeline run and of the
+    register step. A tracking URI may carry credentials and no step reads it (the stack's
+    experiment tracker holds the URI, secrets live in ZenML secrets)."""
 
 
 def _line_index(text: str) -> dict[tuple[str, ...], int]:

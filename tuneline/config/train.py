@@ -17,14 +17,23 @@ METHOD_KIND = {
     "dpo": "preference",
     "orpo": "preference",
 }
-# What evaluation reports for each kind, i.e. what registry.metric may name.
+# What evaluation reports for each kind besides the `eval.metrics` scores of generated
+# answers (chat only), i.e. what registry.metric may name.
 EVAL_METRICS = {
-    "chat": ("eval_loss", "rouge_l", "exact_match"),
+    "chat": ("eval_loss",),
     "text": ("eval_loss",),
-    "preference": ("preference_accuracy", "logprob_margin"),
+    "preference": (
+        "preference_accuracy",
+        "logprob_margin",
+        "preference_accuracy_normalized",
+        "logprob_margin_normalized",
+    ),
 }
-DEFAULT_METRIC = {"chat": "rouge_l", "text": "eval_loss", "preference": "preference_accuracy"}
+# None for chat: the first score of `eval.metrics` (rougeL with the default metrics).
+DEFAULT_METRIC = {"chat": None, "text": "eval_loss", "preference": "preference_accuracy"}
 LOWER_IS_BETTER = {"eval_loss"}
+# Promotion metrics that were renamed: the old name gets a did-you-mean, not a bare "unknown".
+RENAMED_METRICS = {"rouge_l": "rougeL"}
 
 
 class LoraConfig(Section):

@@ -15,12 +15,26 @@ Role = Literal["system", "user", "assistant"]
 Kind = Literal["chat", "text", "preference"]
 
 
+def joined_content(message: dict[str, Any]) -> str:
+    """A turn's text with an alpaca `input` joined on, as one user turn shows it to any template
+    that has no separate input block."""
+    extra = message.get("input")
+    return f"{message['content']}\n\n{extra}" if extra else message["content"]
+
+
+def joined_messages(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """Turns as plain {role, content}, alpaca inputs joined onto their user turn."""
+    return [{"role": m["role"], "content": joined_content(m)} for m in messages]
+
+
 @dataclass
 class Record:
     """A normalised training example.
 
     - chat: `messages` alternate user/assistant after an optional leading system turn
-      and end with an assistant turn.
+      and end with an assistant turn. An alpaca user turn may carry its context as a
+      separate `input` key, so the alpaca template can render its "### Input:" block;
+      every other template sees it joined onto the content (`joined_content`).
     - text: raw `text` for continued pretraining; `messages` is empty.
     - preference: `messages` is the prompt (ends with a user turn); `chosen` and
       `rejected` are the assistant continuation(s).
@@ -51,7 +65,14 @@ class Record:
 
     def content_key(self) -> str:
         """Hash of the content only (not provenance): equal records dedup to one."""
-        payload = {"k": self.kind, "m": self.messages, "t": self.text, "c": self.chosen, "r": self.rejected}
+        # Inputs joined: the same text stored either way is the same record (and keeps its split).
+        payload = {
+            "k": self.kind,
+            "m": joined_messages(self.messages),
+            "t": self.text,
+            "c": self.chosen,
+            "r": self.rejected,
+        }
         return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 

@@ -11,7 +11,7 @@ import re
 from collections import Counter
 from typing import Any
 
-from tuneline.data.records import Record
+from tuneline.data.records import Record, joined_content
 from tuneline.data.sources import Issue, Loc, _tname
 
 SHAPES = ("alpaca", "chat", "sharegpt", "prompt_completion", "text", "preference")
@@ -232,7 +232,7 @@ def check_turns(
                     "assistant content is empty or whitespace-only; write the reply or drop the record",
                     "empty assistant content",
                 )
-        elif not m["content"].strip():
+        elif not joined_content(m).strip():
             ctx.err(
                 f"{path}[{j}].content",
                 "user content is empty or whitespace-only; fill it in or drop the record",
@@ -328,15 +328,19 @@ def _alpaca(ctx: RowContext, row: dict[str, Any]) -> Record | None:
     history = _history(ctx, row)
     if instruction is None or history is None:
         return None
-    prompt = f"{instruction}\n\n{extra}" if extra and extra.strip() else instruction
-    if not prompt.strip():
+    # The context stays a separate `input` so the alpaca template can render its "### Input:"
+    # block; every other template gets it joined onto the instruction (one user turn).
+    user = {"role": "user", "content": instruction}
+    if extra and extra.strip():
+        user["input"] = extra
+    if not joined_content(user).strip():
         ctx.err(
             ctx.name("instruction"),
             "instruction is empty; write the task or drop the record",
             "empty user content",
         )
         return None
-    msgs = [*_system(ctx, row), *history, ({"role": "user", "content": prompt}, 0)]
+    msgs = [*_system(ctx, row), *history, (user, 0)]
     if isinstance(output, list) and len(output) >= 2 and all(isinstance(o, str) for o in output):
         # LlamaFactory "ranking" alpaca (oasst rm): output = [chosen, rejected, ...], best first.
         out = ctx.name(out_key)

@@ -15,7 +15,6 @@ import hashlib
 import io
 import json
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -669,12 +668,4 @@ def hash_file(path: Path, h: Any | None = None) -> str:
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
-    return h.hexdigest()
-
-
-def hash_tree(paths: Iterable[Path]) -> str:
-    h = hashlib.sha256()
-    for p in sorted(paths):
-        h.update(str(p).encode())
-        h.update(hash_file(p).encode())
     return h.hexdigest()

@@ -11,7 +11,7 @@ import hashlib
 import random
 from collections.abc import Iterable
 
-from tuneline.data.records import Record
+from tuneline.data.records import Record, joined_content
 
 EVAL_SPLITS = ("validation", "test")
 
@@ -55,7 +55,7 @@ def prompt_key(r: Record) -> str | None:
         if m["role"] != "system":
             h.update(m["role"].encode())
             h.update(b"\x00")
-            h.update(m["content"].encode())
+            h.update(joined_content(m).encode())
             h.update(b"\x01")
     return h.hexdigest()
 

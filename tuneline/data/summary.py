@@ -12,7 +12,7 @@ import math
 from collections import Counter
 from typing import Any
 
-from tuneline.data.records import Record, RecordSet
+from tuneline.data.records import Record, RecordSet, joined_content
 
 BINS = 20
 # Token lengths are a sample beyond this many records per split: enough for percentiles.
@@ -23,7 +23,7 @@ def _texts(r: Record) -> str:
     """What training sees of a record, minus the chat template (which adds a constant)."""
     if r.kind == "text":
         return r.text or ""
-    parts = [m["content"] for m in r.messages]
+    parts = [joined_content(m) for m in r.messages]
     if r.kind == "preference":
         parts += [m["content"] for m in r.chosen or []]
     return "\n".join(parts)

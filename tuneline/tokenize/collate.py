@@ -1,29 +1,37 @@
 """Batch rows into tensors without wasting compute on padding.
 
 Unpacked: pad to the longest row *in the batch* (never to max_length -- padding every
-sample to 512 was ~45% wasted compute on alpaca), labels padded with -100.
+sample to 512 was ~45% wasted compute on alpaca), labels padded with -100, always on the
+right. transformers' `DataCollatorForSeq2Seq` builds the same tensors only from a tokenizer
+whose `padding_side` is "right": it pads on the tokenizer's side, and chat tokenizers often
+ship "left", which in a training batch without position_ids moves every short row's
+positions. This collator needs only the pad id (evaluation builds batches from one), so the
+padded path stays here.
 
-Packed: padding-free. The batch is flattened into ONE row [1, total] with
-position_ids restarting at 0 per sample and NO attention_mask -- the convention of
-transformers' DataCollatorWithFlattening. In transformers 5.x `masking_utils.
-_preprocess_mask_arguments` calls `find_packed_sequence_indices(position_ids)` when
-attention_mask is None, and `create_causal_mask` then builds a block-diagonal causal
-mask for sdpa/eager (flash-attention uses the same position_ids for cu_seqlens), so
-samples never attend across boundaries. tests/test_packing.py checks this on a tiny
-Llama with sdpa and eager: packed logits == per-sample logits.
+Packed: padding-free, by transformers' `DataCollatorWithFlattening`. The batch is flattened
+into ONE row [1, total] with position_ids restarting at 0 per sample, the first label of each
+sample -100 and NO attention_mask. Our packed rows already hold several samples (position_ids
+restart inside a row), so they are split back into samples first: the library then gives
+exactly the positions and labels the rows carried. In transformers 5.x
+`masking_utils._preprocess_mask_arguments` calls `find_packed_sequence_indices(position_ids)`
+when attention_mask is None, and `create_causal_mask` then builds a block-diagonal causal
+mask for sdpa/eager (flash-attention uses the same position_ids for cu_seqlens), so samples
+never attend across boundaries. tests/test_packing.py checks this on a tiny Llama with sdpa
+and eager: packed logits == per-sample logits.
 
 Trap found while verifying (transformers 5.23): the packed-sequence detection is
 skipped when `past_key_values` is set, and LlamaModel creates a DynamicCache whenever
 `use_cache` is true (the config default, also in train mode). The model then silently
-attends across samples. The packed batch therefore carries `use_cache=False`; the
-trainer should also set `model.config.use_cache = False` for training.
+attends across samples. The packed batch therefore carries `use_cache=False` (the library
+collator does not); the trainer also sets `model.config.use_cache = False` for training.
 """
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
-IGNORE_INDEX = -100
+from tuneline.tokenize.tokenized import IGNORE_INDEX
 
 
 class DataCollator:
@@ -35,9 +43,19 @@ class DataCollator:
         self.pad_token_id = int(pad_token_id)
         self.packed = packed
         self.pad_to_multiple_of = pad_to_multiple_of
+        self._flatten: Any = None
+        if packed:
+            from transformers import DataCollatorWithFlattening
+
+            # pad_to_multiple_of is not used here on purpose: padding would be a fake sample.
+            self._flatten = DataCollatorWithFlattening(separator_id=IGNORE_INDEX)
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
-        return self._flatten(features) if self.packed else self._pad(features)
+        if not self.packed:
+            return self._pad(features)
+        batch = self._flatten([s for f in features for s in _samples(f)])
+        # A KV cache disables transformers' packed-sequence masking (see module doc).
+        return {**batch, "use_cache": False}
 
     def _pad(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         import torch
@@ -58,30 +76,15 @@ class DataCollator:
             mask[i, :k] = 1
         return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
-    def _flatten(self, features: list[dict[str, Any]]) -> dict[str, Any]:
-        import torch
 
-        ids: list[int] = []
-        labels: list[int] = []
-        pos: list[int] = []
-        for f in features:
-            x = list(f["input_ids"])
-            y = list(f.get("labels", x))
-            p = list(f.get("position_ids") or range(len(x)))
-            for k, v in enumerate(p):
-                if v == 0:
-                    y[k] = IGNORE_INDEX  # each sample's first token is never a target
-            ids += x
-            labels += y
-            pos += p
-        # pad_to_multiple_of is ignored here on purpose: padding would be a fake sample.
-        return {
-            "input_ids": torch.tensor([ids], dtype=torch.long),
-            "labels": torch.tensor([labels], dtype=torch.long),
-            "position_ids": torch.tensor([pos], dtype=torch.long),
-            # A KV cache disables transformers' packed-sequence masking (see module doc).
-            "use_cache": False,
-        }
+def _samples(row: dict[str, Any]) -> list[dict[str, list[int]]]:
+    """A packed row back into its samples: one starts wherever position_ids restart at 0."""
+    ids = list(row["input_ids"])
+    labels = list(row.get("labels", ids))
+    pos = row.get("position_ids")
+    starts = [0] if pos is None else [k for k, p in enumerate(pos) if p == 0 or k == 0]
+    bounds = [*starts, len(ids)]
+    return [{"input_ids": ids[a:b], "labels": labels[a:b]} for a, b in itertools.pairwise(bounds) if b > a]
 
 
 def split_rows(split: Any) -> list[dict[str, Any]]:

@@ -13,9 +13,7 @@ from __future__ import annotations
 import bisect
 from typing import Any
 
-from tuneline.tokenize.tokenized import TokenizedSplit
-
-IGNORE_INDEX = -100
+from tuneline.tokenize.tokenized import IGNORE_INDEX, TokenizedSplit
 
 
 def best_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:

@@ -12,9 +12,8 @@ import sys
 from typing import Any
 
 from tuneline.tokenize.packing import unpack_row
-from tuneline.tokenize.tokenized import TokenizedDataset, TokenizedSplit
+from tuneline.tokenize.tokenized import IGNORE_INDEX, TokenizedDataset, TokenizedSplit
 
-IGNORE_INDEX = -100
 OPEN, CLOSE = "⟦", "⟧"
 _GREEN, _RESET = "\x1b[1;32m", "\x1b[0m"
 
@@ -127,3 +126,49 @@ def audit_rows(
             }
         )
     return out
+
+
+def formatted_examples(records: list[Any], tokenizer: Any, n: int = 3) -> list[str]:
+    """The first `n` records as text, rendered the way training renders them (chosen answer for pairs)."""
+    from tuneline.tokenize.render import Renderer
+
+    renderer = Renderer(tokenizer)
+    out = []
+    for rec in records[:n]:
+        if rec.kind == "text":
+            out.append(rec.text or "")
+        else:
+            out.append(renderer.text(rec.messages + list(rec.chosen or []), rec.meta))
+    return out
+
+
+def _decode(tokenizer: Any, ids: list[int]) -> str:
+    return tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+
+def preference_preview(rows: list[dict[str, list[int]]], tokenizer: Any, *, color: bool | None = None) -> str:
+    """Pre-tokenized pairs as DPO/ORPO receive them; the trained completions in ⟦...⟧."""
+    if color is None:
+        color = sys.stdout.isatty()
+    open_, close = (f"{_GREEN}{OPEN}", f"{CLOSE}{_RESET}") if color else (OPEN, CLOSE)
+    blocks = []
+    for i, r in enumerate(rows):
+        p, c, j = r["prompt_ids"], r["chosen_ids"], r["rejected_ids"]
+        blocks.append(
+            f"── pair {i}: prompt {len(p)} tokens, chosen {len(c)}, rejected {len(j)}\n"
+            f"{_decode(tokenizer, p)}\n"
+            f"chosen:\n{open_}{_decode(tokenizer, c)}{close}\n"
+            f"rejected:\n{open_}{_decode(tokenizer, j)}{close}"
+        )
+    legend = f"(the completions the preference loss scores are shown as {OPEN}...{CLOSE})"
+    return "\n\n".join([legend, *blocks]) + "\n"
+
+
+def preference_json_lines(rows: list[dict[str, list[int]]], tokenizer: Any) -> list[str]:
+    """One JSON object per pair: the ids exactly as trained plus their decoded text."""
+    lines = []
+    for r in rows:
+        obj: dict[str, Any] = {k: _decode(tokenizer, r[f"{k}_ids"]) for k in ("prompt", "chosen", "rejected")}
+        obj.update({f"{k}_ids": list(r[f"{k}_ids"]) for k in ("prompt", "chosen", "rejected")})
+        lines.append(json.dumps(obj, ensure_ascii=False))
+    return lines

@@ -49,11 +49,12 @@ ZEPHYR = (
 )
 
 # Stanford Alpaca. A user turn renders as "### Instruction:"; if the user message
-# carries a separate non-empty `input` key (the data layer may keep it) it renders as
-# "### Input:" -- that keeps instruction and context distinguishable, which is the
-# format Alpaca-trained models expect. Without it, the whole user content is the
-# instruction. The system turn replaces the standard preamble; the response ends with
-# EOS so the model learns to stop. Multi-turn repeats Instruction/Response blocks.
+# carries a separate non-empty `input` key (the data layer keeps an alpaca record's
+# input/context there) it renders as "### Input:" -- that keeps instruction and context
+# distinguishable, which is the format Alpaca-trained models expect. Without it, the
+# whole user content is the instruction. The system turn replaces the standard preamble;
+# the response ends with EOS so the model learns to stop. Multi-turn repeats
+# Instruction/Response blocks.
 ALPACA = (
     "{% if bos_token %}{{ bos_token }}{% endif %}"
     "{% if messages[0]['role'] == 'system' %}{{ messages[0]['content'] + '\\n\\n' }}"

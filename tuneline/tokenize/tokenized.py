@@ -6,13 +6,19 @@ share one definition without importing each other.
 
 from __future__ import annotations
 
+import json
+import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any
+
+# Label value the loss ignores (torch cross_entropy's and transformers' default ignore_index).
+IGNORE_INDEX = -100
 
 
 @dataclass
 class TokenizedSplit:
-    """Rows of token ids with labels (-100 = not supervised).
+    """Rows of token ids with labels (IGNORE_INDEX = not supervised).
 
     When packed, each row holds several samples and `position_ids` restart at 0 at
     every sample boundary; padding-free attention uses them to keep samples apart.
@@ -34,7 +40,7 @@ class TokenizedSplit:
 
     @property
     def num_supervised(self) -> int:
-        return sum(sum(1 for t in r if t != -100) for r in self.labels)
+        return sum(sum(1 for t in r if t != IGNORE_INDEX) for r in self.labels)
 
 
 @dataclass
@@ -70,4 +76,42 @@ def split_from_arrow(table: Any, stats: dict[str, Any] | None = None) -> Tokeniz
         position_ids=cols.get("position_ids"),
         stats=dict(stats or {}),
         record_index=cols.get("record_index"),
+    )
+
+
+def save_tokenized(ds: TokenizedDataset, directory: str, *, opener: Callable[..., IO[Any]] = open) -> None:
+    """One Parquet file per split plus `meta.json` (stats, audit, template).
+
+    `opener` lets an artifact store with its own file API (remote URIs) write the same layout.
+    """
+    import pyarrow.parquet as pq
+
+    for name, split in ds.splits.items():
+        with opener(os.path.join(directory, f"{name}.parquet"), "wb") as f:
+            pq.write_table(split_to_arrow(split), f)
+    meta = {
+        "kind": "tokenized",
+        "splits": {name: s.stats for name, s in ds.splits.items()},
+        "stats": ds.stats,
+        "audit": ds.audit,
+        "chat_template": ds.chat_template,
+    }
+    with opener(os.path.join(directory, "meta.json"), "w") as f:
+        f.write(json.dumps(meta, indent=1, default=str))
+
+
+def load_tokenized(directory: str, *, opener: Callable[..., IO[Any]] = open) -> TokenizedDataset:
+    import pyarrow.parquet as pq
+
+    with opener(os.path.join(directory, "meta.json"), "r") as f:
+        meta = json.loads(f.read())
+    splits = {}
+    for name, stats in meta["splits"].items():
+        with opener(os.path.join(directory, f"{name}.parquet"), "rb") as f:
+            splits[name] = split_from_arrow(pq.read_table(f), stats)
+    return TokenizedDataset(
+        splits=splits,
+        stats=meta.get("stats", {}),
+        audit=meta.get("audit", []),
+        chat_template=meta.get("chat_template"),
     )

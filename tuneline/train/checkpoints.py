@@ -129,7 +129,7 @@ def commit(
     """
     write_manifest(staged, run_identity, extra)
     if final.exists():
-        _quarantine(final, "replaced by a new checkpoint of the same step")
+        quarantine(final, "replaced by a new checkpoint of the same step")
     os.replace(staged, final)
     _fsync_dir(final.parent)
     return final
@@ -181,13 +181,28 @@ def find_resume(checkpoint_dir: str | Path, run_identity: dict[str, Any]) -> Ver
             msg = f"skipping checkpoint {ckpt}: {verdict.reason}"
             warnings.warn(msg, CheckpointWarning, stacklevel=2)
             logger.warning(msg)
-            _quarantine(ckpt, verdict.reason)
+            quarantine(ckpt, verdict.reason)
             continue
         diffs = identity_differences((verdict.manifest or {}).get("run_identity", {}), run_identity)
         if diffs:
             raise ResumeMismatchError(ckpt, diffs)
         return verdict
     return None
+
+
+def prepare_resume(checkpoint_dir: str | Path, run_identity: dict[str, Any], resume: str) -> Verdict | None:
+    """Where a run starts (rank 0 only): staging leftovers of a killed run are dropped, then the
+    newest verified checkpoint is picked, or with `train.resume=never` every checkpoint of this
+    directory is discarded."""
+    root = Path(checkpoint_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    clear_staging(root)
+    if resume == "never":
+        dropped = discard_all(root)
+        if dropped:
+            logger.warning("train.resume=never: discarded %d old checkpoint(s) in %s", len(dropped), root)
+        return None
+    return find_resume(root, run_identity)
 
 
 def rotate(checkpoint_dir: str | Path, keep: int, protect: Path) -> list[Path]:
@@ -227,7 +242,7 @@ def _remove(ckpt: Path) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
-def _quarantine(ckpt: Path, reason: str) -> None:
+def quarantine(ckpt: Path, reason: str) -> None:
     """Keep a bad checkpoint for inspection, out of the way of resume and rotation."""
     dest = ckpt.parent / QUARANTINE / ckpt.name
     dest.parent.mkdir(parents=True, exist_ok=True)

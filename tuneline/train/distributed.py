@@ -120,7 +120,7 @@ def _worker_env() -> dict[str, str]:
     the directory tuneline is imported from, so the worker runs this very code even when it
     is not installed in the interpreter's site-packages."""
     env = dict(os.environ)
-    src = str(Path(__file__).resolve().parent.parent)
+    src = str(Path(__file__).resolve().parents[2])  # the directory holding the tuneline package
     env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
     env["PYTHONUNBUFFERED"] = "1"  # worker logs arrive as they are written, not at exit
     return env
@@ -334,7 +334,13 @@ def _write_inputs(
     (workdir / w.CONFIG).write_text(json.dumps(cfg.model_dump(mode="json")))
     tokenizer.save_pretrained(str(workdir / w.TOKENIZER))
     w.save_data(data, workdir / w.DATA)
-    args = {"output_dir": output_dir, "checkpoint_dir": checkpoint_dir, "run_identity": run_identity}
+    args = {
+        "output_dir": output_dir,
+        "checkpoint_dir": checkpoint_dir,
+        "run_identity": run_identity,
+        # save_pretrained drops it: which tokens prepare_tokenizer added (their rows get trained)
+        "tokenizer_prep": getattr(tokenizer, "tuneline_prep", None),
+    }
     (workdir / w.ARGS).write_text(json.dumps(args, default=str))
 
 

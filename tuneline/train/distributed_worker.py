@@ -50,26 +50,11 @@ def error_file(workdir: Path, rank: int) -> Path:
 def save_data(data: Any, dest: Path) -> None:
     """TokenizedDataset -> Parquet (list<int32>: ~4 bytes a token instead of ~6 as JSON text);
     anything with `to_jsonable` (RecordSet) -> JSON."""
-    from tuneline.tokenize.tokenized import TokenizedDataset
+    from tuneline.tokenize.tokenized import TokenizedDataset, save_tokenized
 
     dest.mkdir(parents=True, exist_ok=True)
     if isinstance(data, TokenizedDataset):
-        import pyarrow.parquet as pq
-
-        from tuneline.tokenize.tokenized import split_to_arrow
-
-        splits: dict[str, Any] = {}
-        for name, split in data.splits.items():
-            pq.write_table(split_to_arrow(split), dest / f"{name}.parquet")
-            splits[name] = split.stats
-        meta = {
-            "kind": "tokenized",
-            "splits": splits,
-            "stats": data.stats,
-            "audit": data.audit,
-            "chat_template": data.chat_template,
-        }
-        (dest / "meta.json").write_text(json.dumps(meta, default=str))
+        save_tokenized(data, str(dest))
         return
     if hasattr(data, "to_jsonable"):
         (dest / "meta.json").write_text(json.dumps({"kind": "records"}))
@@ -86,17 +71,9 @@ def load_data(src: Path) -> Any:
         from tuneline.data.records import RecordSet
 
         return RecordSet.from_jsonable(json.loads((src / "records.json").read_text()))
-    import pyarrow.parquet as pq
+    from tuneline.tokenize.tokenized import load_tokenized
 
-    from tuneline.tokenize.tokenized import TokenizedDataset, split_from_arrow
-
-    splits = {
-        name: split_from_arrow(pq.read_table(src / f"{name}.parquet"), stats)
-        for name, stats in meta["splits"].items()
-    }
-    return TokenizedDataset(
-        splits=splits, stats=meta["stats"], audit=meta["audit"], chat_template=meta["chat_template"]
-    )
+    return load_tokenized(str(src))
 
 
 # ---------------------------------------------------------------------------- reporting
@@ -158,6 +135,8 @@ def run(workdir: Path) -> int:
     tokenizer = AutoTokenizer.from_pretrained(
         workdir / TOKENIZER, trust_remote_code=cfg.model.trust_remote_code
     )
+    if args.get("tokenizer_prep"):
+        tokenizer.tuneline_prep = args["tokenizer_prep"]
     data = load_data(workdir / DATA)
 
     def log_metrics(metrics: dict[str, float], step: int) -> None:

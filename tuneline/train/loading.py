@@ -1,8 +1,9 @@
-"""Loading tokenizers and models from hub names, local directories or a config.
+"""Loading tokenizers and models from hub names, local directories or a config, in the
+precision training asked for.
 
 Hub names work for users with internet; tests and the offline demo use local
 directories or `model.from_config`. `trust_remote_code` is only ever what the
-config says, and weights are read and written as safetensors only.
+config says, on every load path, and weights are read and written as safetensors only.
 """
 
 from __future__ import annotations
@@ -13,6 +14,67 @@ from typing import Any
 
 from tuneline.config import ModelConfig
 from tuneline.errors import ConfigError, Problem
+
+# ---------------------------------------------------------------------------- precision
+
+
+def resolve_precision(requested: str) -> str:
+    """auto: bf16 where the GPU supports it, fp16 on older GPUs, fp32 on CPU."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if requested == "auto":
+        if cuda:
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "fp32"
+    if requested == "fp16" and not cuda:
+        raise ConfigError(
+            [
+                Problem(
+                    "train.precision", "fp16 mixed precision needs a CUDA GPU; use auto, fp32 or bf16 on CPU"
+                )
+            ]
+        )
+    return requested
+
+
+def weights_dtype(model_dtype: str, precision: str, full_weights: bool) -> Any:
+    """Weights follow the training precision unless model.dtype pins them. fp16 AMP needs fp32
+    master weights for anything the optimizer updates (GradScaler refuses fp16 gradients)."""
+    import torch
+
+    if model_dtype == "auto":
+        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    else:
+        dtype = torch_dtype(model_dtype)
+    if full_weights and dtype == torch.float16:
+        return torch.float32
+    return dtype
+
+
+def require_qlora() -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError(
+            [
+                Problem(
+                    "train.method",
+                    "qlora quantizes the base model to 4-bit NF4 with bitsandbytes, which needs a CUDA GPU and "
+                    "none is available here. Fix: `--set train.method=lora` to train the same adapter "
+                    "unquantized on this machine, or run on a GPU machine with `pip install 'tuneline[gpu]'`",
+                )
+            ]
+        )
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as e:
+        raise ConfigError(
+            [Problem("train.method", "qlora needs bitsandbytes: `pip install 'tuneline[gpu]'`")]
+        ) from e
+
+
+# ---------------------------------------------------------------------------- loading
 
 
 def _resolve(name: str, base_dir: str) -> str:
@@ -28,6 +90,21 @@ def _resolve(name: str, base_dir: str) -> str:
     return name
 
 
+def _remote_code_refused(e: ValueError, src: str) -> ConfigError | None:
+    """transformers refuses a model/tokenizer that ships its own Python code unless told to run it."""
+    if "trust_remote_code" not in str(e):
+        return None
+    return ConfigError(
+        [
+            Problem(
+                "model.trust_remote_code",
+                f"'{src}' ships its own code, which runs only with model.trust_remote_code=true; set it if you "
+                "trust that code (read it first), or use a model transformers supports natively",
+            )
+        ]
+    )
+
+
 def load_tokenizer(cfg: ModelConfig, base_dir: str = ".") -> Any:
     from transformers import AutoTokenizer
 
@@ -38,6 +115,11 @@ def load_tokenizer(cfg: ModelConfig, base_dir: str = ".") -> Any:
             revision=cfg.revision if cfg.tokenizer is None else None,
             trust_remote_code=cfg.trust_remote_code,
         )
+    except ValueError as e:
+        refused = _remote_code_refused(e, src)
+        if refused is None:
+            raise
+        raise refused from e
     except OSError as e:
         raise ConfigError(
             [
@@ -77,7 +159,9 @@ def load_model(cfg: ModelConfig, base_dir: str = ".", *, vocab_size: int | None 
         # Seeded init: the same config always yields the same base model.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.init_seed)
-            model = AutoModelForCausalLM.from_config(conf, dtype=dtype)
+            model = AutoModelForCausalLM.from_config(
+                conf, dtype=dtype, trust_remote_code=cfg.trust_remote_code
+            )
         return model
     src = _resolve(cfg.name_or_path or "", base_dir)
     try:
@@ -90,6 +174,11 @@ def load_model(cfg: ModelConfig, base_dir: str = ".", *, vocab_size: int | None 
             use_safetensors=True,
             **kwargs,
         )
+    except ValueError as e:
+        refused = _remote_code_refused(e, src)
+        if refused is None:
+            raise
+        raise refused from e
     except OSError as e:
         raise ConfigError(
             [Problem("model.name_or_path", f"cannot load model from '{src}': {str(e).splitlines()[0]}")]
@@ -145,5 +234,6 @@ def load_model_4bit(
             device_map=device_map,
             dtype=compute_dtype,
             attn_implementation=cfg.attn_implementation,
+            trust_remote_code=cfg.trust_remote_code,
             use_safetensors=True,
         )
