@@ -41,12 +41,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-REGISTRY_COMMANDS = ("models", "promote", "rollback")
-
-
-def parse_registry_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="run.py", description="Inspect and operate the model registry.")
-    sub = p.add_subparsers(dest="command", required=True)
+def add_registry_commands(sub: argparse._SubParsersAction) -> None:
     models = sub.add_parser("models", help="list a model's versions, newest first")
     models.add_argument("name", help="registered model name (registry.model_name)")
     models.add_argument("--history", action="store_true", help="also print every promotion and rollback")
@@ -62,13 +57,10 @@ def parse_registry_args(argv: list[str]) -> argparse.Namespace:
         cmd.add_argument("--who", help="who made the change (default: $USER)")
     for cmd in (models, promote, rollback):
         cmd.add_argument("--config", help="project YAML: its tracking URI and registry.alias are used")
-        cmd.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    return p.parse_args(argv)
+        cmd.set_defaults(handler=run_registry_command)
 
 
-def registry_main(argv: list[str]) -> str:
-    args = parse_registry_args(argv)
-    _setup_logging(args.verbose)
+def run_registry_command(args: argparse.Namespace) -> str:
     from tuneline.cli import models_command, promote_command, rollback_command
 
     if args.command == "models":
@@ -80,13 +72,44 @@ def registry_main(argv: list[str]) -> str:
     return rollback_command(args.name, reason=args.reason, who=args.who, config_path=args.config)
 
 
+# Each group adds its subcommands; a subcommand's `handler(args)` returns the text to print
+# (or None when it printed as it went) and raises UserError for bad input (exit 2).
+COMMAND_GROUPS = [add_registry_commands]
+
+
+def parse_command_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="run.py", description="Operate the registry and use trained models.")
+    sub = p.add_subparsers(dest="command", required=True)
+    for add in COMMAND_GROUPS:
+        add(sub)
+    for cmd in sub.choices.values():
+        cmd.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p.parse_args(argv)
+
+
+def command_names() -> set[str]:
+    p = argparse.ArgumentParser()
+    sub = p.add_subparsers()
+    for add in COMMAND_GROUPS:
+        add(sub)
+    return set(sub.choices)
+
+
+def command_main(argv: list[str]) -> str | None:
+    args = parse_command_args(argv)
+    _setup_logging(args.verbose)
+    return args.handler(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     from tuneline.errors import UserError
 
-    if argv and argv[0] in REGISTRY_COMMANDS:
+    if argv and argv[0] in command_names():
         try:
-            print(registry_main(argv))
+            out = command_main(argv)
+            if out is not None:
+                print(out)
             return 0
         except UserError as e:
             print(f"error: {e}", file=sys.stderr)

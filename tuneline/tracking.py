@@ -141,7 +141,67 @@ def download_model_version(client: Any, uri: str, cache_root: str) -> str:
         os.replace(local, dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return dest
+    return hf_model_dir(dest)
+
+
+# Where a registered version keeps its Hugging Face directory: the version's own root (plain
+# artifact folder), or the `hf_model` artifact of the MLflow pyfunc model (`artifacts/hf_model`).
+HF_MODEL_ARTIFACT = "hf_model"
+
+
+def hf_model_dir(root: str) -> str:
+    """The Hugging Face model/adapter directory inside a downloaded version (or `root` itself)."""
+    import os
+
+    def is_model_dir(d: str) -> bool:
+        return any(os.path.isfile(os.path.join(d, f)) for f in ("config.json", "adapter_config.json"))
+
+    if is_model_dir(root):
+        return root
+    for candidate in (
+        os.path.join(root, "artifacts", HF_MODEL_ARTIFACT),
+        os.path.join(root, HF_MODEL_ARTIFACT),
+    ):
+        if is_model_dir(candidate):
+            return candidate
+    raise ValueError(f"{root} holds no model: neither config.json nor adapter_config.json was found")
+
+
+def resolve_model_ref(ref: str, *, tracking_uri: str, cache_root: str) -> tuple[str, str]:
+    """A model reference as users write it -> (local Hugging Face directory, pinned reference).
+
+    `models:/NAME@alias` and `models:/NAME/VERSION` come from the registry at `tracking_uri`
+    (the alias is pinned to the version it points at now); anything else is a local directory.
+    Raises UserError naming the reference and what to do.
+    """
+    import os
+
+    from tuneline.errors import UserError
+
+    if ref.startswith("models:/"):
+        from mlflow import MlflowClient
+        from mlflow.exceptions import MlflowException
+
+        from tuneline.home import redact_uri
+
+        client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        try:
+            pinned = pin_model_uri(client, ref)
+            return download_model_version(client, pinned, cache_root), pinned
+        except (MlflowException, ValueError) as e:
+            raise UserError(
+                f"--model {ref}: {str(e).splitlines()[0]} (registry {redact_uri(tracking_uri)}; "
+                "`python run.py models NAME` lists what exists)"
+            ) from e
+    path = os.path.abspath(os.path.expanduser(ref))
+    if not os.path.isdir(path):
+        raise UserError(
+            f"--model {ref}: no such directory; give a model directory or models:/NAME@alias or models:/NAME/VERSION"
+        )
+    try:
+        return hf_model_dir(path), path
+    except ValueError as e:
+        raise UserError(f"--model {ref}: {e}") from e
 
 
 def ensure_experiment(tracking_uri: str, name: str, artifact_root: str) -> None:
