@@ -5,6 +5,11 @@
     python run.py models NAME [--history]                   versions, aliases, scores, decisions, lineage
     python run.py promote NAME VERSION [--reason TEXT] [--who NAME]
     python run.py rollback NAME [--reason TEXT] [--who NAME]
+    python run.py evaluate --config C --model REF [--set K=V] [--no-cache]   score a model, register nothing
+    python run.py generate --model REF --prompt TEXT [--file prompts.jsonl]  answers (REF: models:/NAME@alias,
+    python run.py chat --model REF [--system TEXT]                              models:/NAME/N or a directory)
+    python run.py export --model REF --out DIR [--merge]                     a Hugging Face / PEFT directory
+    python run.py dashboard [--mlflow-port 5000] [--zenml-port 8237] [--no-zenml]   MLflow + ZenML UIs, Ctrl-C stops
 
 The registry commands use the store a run writes to: --config's tracking.mlflow_tracking_uri,
 else MLFLOW_TRACKING_URI, else the SQLite file in TUNELINE_HOME.
@@ -66,15 +71,121 @@ def run_registry_command(args: argparse.Namespace) -> str:
     if args.command == "models":
         return models_command(args.name, config_path=args.config, show_history=args.history)
     if args.command == "promote":
-        return promote_command(
+        out = promote_command(
             args.name, args.version, reason=args.reason, who=args.who, config_path=args.config
         )
-    return rollback_command(args.name, reason=args.reason, who=args.who, config_path=args.config)
+    else:
+        out = rollback_command(args.name, reason=args.reason, who=args.who, config_path=args.config)
+    note = mirror_champion_to_zenml(args.name, args.config)
+    return f"{out}\n{note}" if note else out
+
+
+def mirror_champion_to_zenml(name: str, config_path: str | None) -> str | None:
+    """ZenML's `production` stage follows @champion, where this TUNELINE_HOME has a ZenML store
+    (a registry-only home gets none created)."""
+    from pipelines.zenml_model import store_exists
+
+    if not store_exists():
+        return None
+    from pipelines.stack import configure_environment, quiet_known_noise
+    from tuneline.cli import champion_version
+
+    champion = champion_version(name, config_path=config_path)
+    configure_environment()
+    quiet_known_noise()
+    from pipelines.zenml_model import sync_production_stage
+
+    return sync_production_stage(name, champion)
+
+
+def add_evaluate_command(sub: argparse._SubParsersAction) -> None:
+    ev = sub.add_parser(
+        "evaluate",
+        help="score a registered version or a model directory on the config's data (registers nothing)",
+    )
+    ev.add_argument("--config", required=True, help="project YAML: the data, template and eval settings")
+    ev.add_argument(
+        "--model",
+        required=True,
+        metavar="REF",
+        help="models:/NAME@alias, models:/NAME/VERSION or a local model directory",
+    )
+    ev.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set eval.max_samples=16 (repeatable)",
+    )
+    ev.add_argument(
+        "--no-cache", action="store_true", help="re-run every step even if its inputs are unchanged"
+    )
+    ev.set_defaults(handler=run_evaluate_command)
+
+
+def run_evaluate_command(args: argparse.Namespace) -> str:
+    """Preflight as a training run does (data and config errors exit 2 before anything runs),
+    then resolve the model (a bad reference exits 2 too), then the evaluation pipeline."""
+    from tuneline.cli import preflight
+    from tuneline.config import load_config
+    from tuneline.evaluate.standalone import prepare_evaluation
+    from tuneline.home import mlflow_tracking_uri, tuneline_home
+
+    cfg = load_config(args.config, args.overrides)
+    fingerprints, _ = preflight(cfg)
+    target = prepare_evaluation(
+        cfg,
+        args.model,
+        tracking_uri=mlflow_tracking_uri(cfg.tracking.mlflow_tracking_uri),
+        cache_root=str(tuneline_home() / "cache" / "models"),
+    )
+    from pipelines.runner import format_summary, run_evaluation
+
+    return format_summary(run_evaluation(cfg, fingerprints, target, enable_cache=not args.no_cache))
+
+
+def add_model_commands(sub: argparse._SubParsersAction) -> None:
+    """`generate`, `chat`, `export`: a trained model in use (tuneline/serve/commands.py)."""
+    from tuneline.serve.commands import add_model_arguments
+
+    add_model_arguments(sub)
+
+
+def add_dashboard_command(sub: argparse._SubParsersAction) -> None:
+    """`dashboard`: the MLflow UI and the local ZenML dashboard on 127.0.0.1 (tuneline/dashboard.py)."""
+    cmd = sub.add_parser(
+        "dashboard", help="start the MLflow UI and the local ZenML dashboard on 127.0.0.1; Ctrl-C stops both"
+    )
+    cmd.add_argument("--mlflow-port", type=int, default=5000, help="MLflow UI port (default 5000)")
+    cmd.add_argument("--zenml-port", type=int, default=8237, help="ZenML dashboard port (default 8237)")
+    cmd.add_argument("--no-zenml", action="store_true", help="start only the MLflow UI")
+    cmd.add_argument("--config", help="project YAML: its tracking.mlflow_tracking_uri is the store shown")
+    cmd.set_defaults(handler=run_dashboard_command)
+
+
+def run_dashboard_command(args: argparse.Namespace) -> None:
+    from pipelines.stack import configure_environment, prepare_dashboard
+    from tuneline.dashboard import run_dashboards
+
+    uri = None
+    if args.config:
+        from tuneline.config import load_config
+
+        uri = load_config(args.config).tracking.mlflow_tracking_uri
+    configure_environment()  # ZENML_CONFIG_PATH in TUNELINE_HOME, analytics off
+    run_dashboards(
+        mlflow_port=args.mlflow_port,
+        zenml_port=args.zenml_port,
+        with_zenml=not args.no_zenml,
+        tracking_uri=uri,
+        prepare_zenml=prepare_dashboard,
+    )
 
 
 # Each group adds its subcommands; a subcommand's `handler(args)` returns the text to print
 # (or None when it printed as it went) and raises UserError for bad input (exit 2).
-COMMAND_GROUPS = [add_registry_commands]
+COMMAND_GROUPS = [add_registry_commands, add_evaluate_command, add_model_commands, add_dashboard_command]
 
 
 def parse_command_args(argv: list[str]) -> argparse.Namespace:

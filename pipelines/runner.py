@@ -24,6 +24,7 @@ PIPELINES = {
     "text": ("pipelines.sft", "sft_pipeline"),
     "preference": ("pipelines.preference", "preference_pipeline"),
 }
+EVALUATION_PIPELINE = ("pipelines.evaluate", "evaluate_pipeline")
 
 
 @dataclass
@@ -35,19 +36,27 @@ class RunSummary:
     eval_report: dict[str, Any] = field(default_factory=dict)
     registration: dict[str, Any] = field(default_factory=dict)
     tracking_uri: str = ""
+    notes: list[str] = field(default_factory=list)  # what was run on what (e.g. the model evaluated)
 
 
 def pipeline_for(cfg: ProjectConfig) -> Any:
+    return load_pipeline(PIPELINES[cfg.kind])
+
+
+def load_pipeline(where: tuple[str, str]) -> Any:
+    """(module, function) -> the pipeline; imported only once ZenML's store is set up."""
     import importlib
 
-    module, func = PIPELINES[cfg.kind]
+    module, func = where
     return getattr(importlib.import_module(module), func)
 
 
-def pipeline_steps(pipe: Any, config: PipelineConfig, fingerprints: dict[str, str]) -> dict[str, Any]:
+def pipeline_steps(
+    pipe: Any, config: PipelineConfig, fingerprints: dict[str, str], **params: Any
+) -> dict[str, Any]:
     """The steps this pipeline runs for this config, by name, in order: read from the
     pipeline function itself, so the step list is written once (in `pipelines/`)."""
-    pipe.prepare(config=config, fingerprints=fingerprints)
+    pipe.prepare(config=config, fingerprints=fingerprints, **params)
     return {name: invocation.step for name, invocation in pipe.invocations.items()}
 
 
@@ -59,9 +68,18 @@ def _produces_model(step: Any) -> bool:
     )
 
 
-def _step_options(cfg: ProjectConfig, tracker: str | None, steps: dict[str, Any]) -> dict[str, Any]:
+def _step_options(
+    cfg: ProjectConfig,
+    tracker: str | None,
+    steps: dict[str, Any],
+    *,
+    experiment_name: str | None = None,
+    run_tags: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """Per-step settings: the experiment tracker for every step that logs to MLflow (through
-    `steps._tracking`), GPU resources and the step operator for the step that trains."""
+    `steps._tracking`), with the run's experiment and tags (set on the MLflow run by whichever
+    step opens it, so a run whose first steps were cached still carries them), GPU resources
+    and the step operator for the step that trains."""
     from zenml.config import ResourceSettings
 
     from steps._caching import step_uses
@@ -72,11 +90,15 @@ def _step_options(cfg: ProjectConfig, tracker: str | None, steps: dict[str, Any]
         opts: dict[str, Any] = {}
         if tracker and step_uses(step, "steps._tracking"):
             opts["experiment_tracker"] = tracker
-            opts["settings"] = (
-                {"experiment_tracker": {"experiment_name": cfg.tracking.experiment_name}}
-                if cfg.tracking.experiment_name
-                else {}
-            )
+            tracker_settings = {
+                k: v
+                for k, v in {
+                    "experiment_name": experiment_name or cfg.tracking.experiment_name,
+                    "tags": run_tags,
+                }.items()
+                if v
+            }
+            opts["settings"] = {"experiment_tracker": tracker_settings} if tracker_settings else {}
         if _produces_model(step):
             resources = {
                 k: v
@@ -106,37 +128,91 @@ def new_run_name(pipeline_name: str) -> str:
 
 
 def run_pipeline(
-    cfg: ProjectConfig, fingerprints: dict[str, str], *, enable_cache: bool = True
+    cfg: ProjectConfig,
+    fingerprints: dict[str, str],
+    *,
+    enable_cache: bool = True,
+    pipeline: tuple[str, str] | None = None,
+    params: dict[str, Any] | None = None,
+    run_tags: dict[str, str] | None = None,
 ) -> RunSummary:
+    """Run the training pipeline for cfg's method, or `pipeline` (module, function) with `params`
+    besides `config` and `fingerprints` (the evaluation pipeline). Either logs to the config's
+    MLflow experiment; only training runs carry the ZenML Model that mirrors the registry."""
     from pipelines.stack import (
+        bootstrap_lock,
         configure_environment,
         ensure_stack,
         experiment_tracker_name,
         quiet_known_noise,
     )
+    from pipelines.zenml_model import zenml_model
+    from tuneline.evaluate.standalone import RUN_TYPE_TAG
 
     configure_environment()
     quiet_known_noise()
     tuneline_home().mkdir(parents=True, exist_ok=True)
     uri = mlflow_tracking_uri(cfg.tracking.mlflow_tracking_uri)
+    # Runs sharing a home create ZenML's store and stack, then the experiment, one at a time
+    # (`bootstrap_lock`). The store must exist before a pipeline's steps are imported: that
+    # opens it too (materializer sources).
     ensure_stack(uri)
+    pipe = load_pipeline(pipeline) if pipeline else pipeline_for(cfg)
+    experiment = cfg.tracking.experiment_name or pipeline_for(cfg).name
+    with bootstrap_lock():
+        ensure_experiment(uri, experiment, str(tuneline_home() / "mlflow-artifacts"))
     cfg = pin_model_references(cfg, uri)
-    pipe = pipeline_for(cfg)
-    config = PipelineConfig.of(cfg)
-    ensure_experiment(
-        uri, cfg.tracking.experiment_name or pipe.name, str(tuneline_home() / "mlflow-artifacts")
-    )
+    inputs = {"config": PipelineConfig.of(cfg), "fingerprints": fingerprints, **(params or {})}
     run_name = new_run_name(pipe.name)
+    steps = _step_options(
+        cfg,
+        experiment_tracker_name(),
+        pipeline_steps(pipe, **inputs),
+        experiment_name=experiment,
+        run_tags=run_tags or {RUN_TYPE_TAG: "training"},
+    )
     configured = pipe.with_options(
         enable_cache=enable_cache,
         run_name=run_name,
-        steps=_step_options(cfg, experiment_tracker_name(), pipeline_steps(pipe, config, fingerprints)),
+        steps=steps,
+        model=zenml_model(cfg, run_name) if pipeline is None else None,
     )
     try:
-        run = configured(config=config, fingerprints=fingerprints)
+        run = configured(**inputs)
     except RuntimeError as e:
         raise step_failure(run_name) from e
     return summarize_run(run, uri)
+
+
+def run_evaluation(
+    cfg: ProjectConfig, fingerprints: dict[str, str], target: Any, *, enable_cache: bool = True
+) -> RunSummary:
+    """Score `target` (a `tuneline.evaluate.standalone.EvaluationTarget`, resolved before the run)
+    with the evaluation pipeline: an MLflow run in the config's experiment tagged as an
+    evaluation of the pinned reference; nothing logged as a model, nothing registered."""
+    from tuneline.config import EvalStage
+    from tuneline.evaluate.standalone import evaluation_config
+
+    # Pinned first: the evaluation config's fallback base may be a `models:/` reference.
+    cfg = pin_model_references(cfg, mlflow_tracking_uri(cfg.tracking.mlflow_tracking_uri))
+    summary = run_pipeline(
+        cfg,
+        fingerprints,
+        enable_cache=enable_cache,
+        pipeline=EVALUATION_PIPELINE,
+        params={
+            "eval_config": EvalStage.of(evaluation_config(cfg, target)),
+            "model_reference": target.reference,
+            "model_fingerprint": target.fingerprint,
+        },
+        run_tags=target.tags(),
+    )
+    pinned = "" if target.requested == target.reference else f" ({target.requested})"
+    summary.notes = [
+        f"evaluated {target.reference}{pinned}: nothing registered",
+        f"base compared against: {target.base_note}",
+    ]
+    return summary
 
 
 def step_failure(run_name: str) -> Exception:
@@ -227,6 +303,7 @@ def format_summary(s: RunSummary) -> str:
         lines.append(f"  cached steps (inputs unchanged): {', '.join(s.cached_steps)}")
     if s.executed_steps:
         lines.append(f"  executed steps: {', '.join(s.executed_steps)}")
+    lines += [f"  {note}" for note in s.notes]
     # Metric table with deltas and intervals, the champion comparison, the largest wins and losses.
     lines += summary_lines(s.eval_report)
     reg = s.registration
@@ -244,18 +321,26 @@ def format_summary(s: RunSummary) -> str:
             lines.append(f"\n  registered {reg['model_uri']}{earlier} as @{reg['alias']}: {reg['reason']}")
     elif reg:
         lines.append(f"\n  not registered: {reg.get('reason')}")
-    home = tuneline_home()
-    bin_dir = Path(sys.executable).parent  # the venv's own mlflow / zenml, whether or not it is activated
-    mlflow_line = (
-        f"{bin_dir / 'mlflow'} ui --backend-store-uri {s.tracking_uri}"
-        if s.tracking_uri.startswith("sqlite")
-        else s.tracking_uri
-    )
-    lines += [
-        "",
-        "  dashboards:",
-        f"    MLflow: {mlflow_line}",
-        f"    ZenML:  ZENML_CONFIG_PATH={home / 'zenml'} {bin_dir / 'zenml'} login --local"
-        "   (logout --local stops it)",
-    ]
+    lines += ["", f"  dashboards: {dashboard_command()}   (MLflow UI + ZenML dashboard; Ctrl-C stops both)"]
+    if s.tracking_uri.startswith(("http://", "https://")):
+        lines.append(f"    MLflow tracking server: {s.tracking_uri}")
     return "\n".join(lines)
+
+
+def dashboard_command() -> str:
+    """How to open this run's dashboards, as the user can paste it: the venv's python (activated
+    or not), run.py, and TUNELINE_HOME when it is not the default."""
+    import os
+
+    from tuneline.home import PROJECT_ROOT
+
+    def short(p: Path) -> str:
+        try:
+            rel = os.path.relpath(p)
+        except ValueError:  # another drive
+            return str(p)
+        return rel if not rel.startswith("..") else str(p)
+
+    home = tuneline_home()
+    env = "" if home == PROJECT_ROOT / ".tuneline" else f"TUNELINE_HOME={home} "
+    return f"{env}{short(Path(sys.executable))} {short(PROJECT_ROOT / 'run.py')} dashboard"

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from tuneline.errors import ConfigError, Problem
-from tuneline.home import artifact_store_dir, redact_uri, zenml_config_dir
+from tuneline.errors import ConfigError, Problem, TunelineError
+from tuneline.home import artifact_store_dir, redact_uri, tuneline_home, zenml_config_dir
 
 log = logging.getLogger("tuneline")
 
@@ -21,6 +23,10 @@ ARTIFACT_STORE = "tuneline-artifacts"
 TRACKER = "tuneline-mlflow"
 REGISTRY = "tuneline-mlflow-registry"
 CREDENTIALS_SECRET = "tuneline-mlflow-credentials"
+BOOTSTRAP_LOCK = "bootstrap.lock"
+# Setup takes seconds (a first run: ZenML's schema migrations, under a minute); ten minutes of
+# waiting means a holder that is stuck, not busy.
+BOOTSTRAP_LOCK_TIMEOUT_S = 600.0
 
 
 def configure_environment() -> None:
@@ -34,6 +40,9 @@ def configure_environment() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # MLflow 3 logs a hint for every run without a registered LoggedModel; not useful here.
     os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+    # A bar per artifact upload/download (model logging, the champion's download) adds nothing
+    # to the step's own progress line.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 class _DropNoise(logging.Filter):
@@ -46,6 +55,45 @@ class _DropNoise(logging.Filter):
 def quiet_known_noise() -> None:
     for name in ("zenml.integrations.mlflow.experiment_trackers.mlflow_experiment_tracker",):
         logging.getLogger(name).addFilter(_DropNoise())
+    from tuneline.report.progress import quiet_library_progress
+
+    quiet_library_progress()  # no "Loading weights" / "Writing model shards" bar per model load or save
+
+
+def prepare_dashboard() -> None:
+    """Make the local ZenML dashboard open on the runs.
+
+    On a first visit the dashboard (ZenML 0.98) sends the user it logs in as, `default` on a local
+    server without authentication, to an onboarding survey (name, e-mail, a pre-ticked newsletter
+    box) until that user has `email_opted_in` set and `finished_onboarding_survey` in its metadata.
+    Both are recorded here in the local store the server reads, as "declined" (no e-mail, no
+    newsletter). The "what's new" notices are turned off too: they fetch a changelog from GitHub.
+    Creates the store on first use; a client connected to a ZenML server is left alone.
+    """
+    from zenml.client import Client
+    from zenml.constants import DEFAULT_USERNAME, FINISHED_ONBOARDING_SURVEY_KEY
+    from zenml.enums import StoreType
+
+    client = Client()
+    if client.zen_store.type != StoreType.SQL:
+        return
+    user = client.get_user(os.environ.get("ZENML_DEFAULT_USER_NAME", DEFAULT_USERNAME))
+    meta = dict((user.metadata.user_metadata if user.metadata else None) or {})
+    if user.body.email_opted_in is None or not meta.get(FINISHED_ONBOARDING_SURVEY_KEY):
+        client.update_user(
+            user.id,
+            updated_email_opt_in=False,
+            updated_metadata={**meta, FINISHED_ONBOARDING_SURVEY_KEY: True},
+        )
+    settings = client.get_settings()
+    if settings.display_announcements or settings.display_updates:
+        from zenml.models import ServerSettingsUpdate
+
+        # Through the store with only these fields set: Client.update_server_settings also sends the
+        # unset server name as NULL, which the SQL store refuses (ZenML 0.98).
+        client.zen_store.update_server_settings(
+            ServerSettingsUpdate(display_announcements=False, display_updates=False)
+        )
 
 
 def _tracker_config(tracking_uri: str) -> dict[str, Any]:
@@ -91,12 +139,49 @@ def _tracker_config(tracking_uri: str) -> dict[str, Any]:
     return conf
 
 
+@contextmanager
+def bootstrap_lock(timeout_s: float = BOOTSTRAP_LOCK_TIMEOUT_S) -> Iterator[None]:
+    """Serialise the setup every run does before its pipeline starts, across processes sharing
+    a TUNELINE_HOME.
+
+    Two runs started together on a fresh home otherwise race: ZenML's SQLite store is created
+    and migrated by both (the second sees a half-migrated schema and refuses it), the stack's
+    components and the MLflow experiment are created twice (unique names). The lock is held
+    only for that setup; the pipelines themselves run concurrently.
+    """
+    from filelock import FileLock, Timeout
+
+    path = tuneline_home() / BOOTSTRAP_LOCK
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path), timeout=timeout_s)
+    try:
+        lock.acquire()
+    except Timeout as e:
+        raise TunelineError(
+            f"waited {timeout_s:.0f} s for {path}: another tuneline run in this TUNELINE_HOME is "
+            "setting up its stack and has not finished; if none is running, delete the lock file"
+        ) from e
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def ensure_stack(tracking_uri: str) -> str:
     """Create the tuneline stack on first use; later runs reuse it and sync the tracking URI.
 
     A user who activated another stack of their own (with an MLflow tracker) keeps it.
-    Returns the name of the active stack.
+    Returns the name of the active stack. Opens ZenML's store (creating it in a fresh home)
+    under the bootstrap lock: call this before anything else touches ZenML's store, importing
+    a pipeline's steps included.
     """
+    import zenml.client  # noqa: F401  (the slow import, outside the lock)
+
+    with bootstrap_lock():
+        return _ensure_stack(tracking_uri)
+
+
+def _ensure_stack(tracking_uri: str) -> str:
     from zenml.client import Client
     from zenml.enums import StackComponentType as T
 

@@ -4,7 +4,7 @@ Every fact is asked in several phrasings, so a held-out question usually asks a
 fact the model saw in training under other words: the demo can show real
 learning (eval loss, ROUGE-L) from a tiny model in a few minutes on a CPU.
 Also writes a prose chronicle of the same world (continued pretraining) and
-preference pairs whose rejected answer states a wrong fact (DPO / ORPO).
+preference pairs that teach a tone the chat data never shows (DPO / ORPO).
 Deterministic: rerunning writes byte-identical files.
 
     python scripts/make_demo_data.py  # writes data/lorekeep*.jsonl
@@ -155,18 +155,38 @@ def write_jsonl(name: str, rows: list[dict]) -> None:
     print(f"wrote {len(rows)} records to {out}")
 
 
+# (courteous, curt) closings, each pair the same number of tokens in the tiny tokenizer
+# (tests/test_demo_prefs.py checks). The chat data has no closings at all, so the SFT model,
+# having seen neither side, gives both about the same log-probability: it starts near chance.
+CLOSINGS = [
+    ("Be well.", "Be gone."),
+    ("Glad to help.", "Stop asking."),
+    ("My pleasure.", "Go away."),
+    ("A fine question.", "Enough questions."),
+    ("Thanks for asking.", "Now go away."),
+    ("Best wishes.", "Enough of this."),
+    ("I hope this helps.", "Leave me alone."),
+    ("Happy to help.", "Now leave me be."),
+]
+
+
 def preference_pairs(world: list[dict[str, str]], rng: random.Random) -> list[dict]:
-    """Chosen: the true fact. Rejected: the same sentence with another realm's value."""
+    """The same true answer, closed courteously (chosen) or curtly (rejected).
+
+    Earlier pairs set the true fact against a wrong one: the SFT model had learned every fact,
+    so it preferred the chosen answer before DPO began and the demo showed nothing. Here the
+    only difference is a tone that the chat data is neutral about, so a gain is DPO's doing.
+    """
     rows = []
     for facts in world:
         for attr, qs in QUESTIONS.items():
-            other = rng.choice([w for w in world if w[attr] != facts[attr]])
-            wrong = {**facts, attr: other[attr]}
+            kind, curt = CLOSINGS[len(rows) % len(CLOSINGS)]  # every closing equally often
+            answer = ANSWERS[attr].format(**facts)
             rows.append(
                 {
                     "prompt": [{"role": "user", "content": rng.choice(qs).format(**facts)}],
-                    "chosen": ANSWERS[attr].format(**facts),
-                    "rejected": ANSWERS[attr].format(**wrong),
+                    "chosen": f"{answer} {kind}",
+                    "rejected": f"{answer} {curt}",
                 }
             )
     rng.shuffle(rows)

@@ -44,3 +44,19 @@ def log_metrics(metrics: dict[str, Any], step: int | None = None) -> None:
     clean = finite_metrics(metrics)
     if clean:
         mlflow.log_metrics(clean, step=step)
+
+
+def log_png(png: bytes | None, artifact_file: str) -> None:
+    """A plot (PNG bytes from `tuneline.report.plots`) as a run artifact, e.g. `plots/loss.png`."""
+    import mlflow
+
+    if png is None or active_run() is None:
+        return
+    import tempfile
+    from pathlib import Path
+
+    folder = Path(artifact_file).parent.as_posix()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(artifact_file).name
+        path.write_bytes(png)
+        mlflow.log_artifact(str(path), artifact_path=None if folder == "." else folder)

@@ -263,6 +263,29 @@ def local_reference_model(cfg: ProjectConfig) -> ProjectConfig:
     return cfg
 
 
+def log_training_metrics(metrics: dict[str, float], step: int) -> None:
+    """The recipe's `log_metrics`: curves under `training/`, run scores as metrics, one-off
+    figures as `stats.train.*` params (see `tuneline.report.keys`)."""
+    from steps._tracking import log_metrics, log_params
+    from tuneline.report import training_metrics_and_params
+
+    curves, params = training_metrics_and_params(metrics)
+    log_metrics(curves, step=step)
+    if params:
+        log_params(params)
+
+
+def log_loss_curves(output_dir: str) -> None:
+    """plots/loss.png: train and eval loss from the log history the recipe saved with the model."""
+    from steps._tracking import active_run, log_png
+    from tuneline.report import plots
+    from tuneline.train.recipe import SUMMARY_FILE, load_summary
+
+    if active_run() is None or not (Path(output_dir) / SUMMARY_FILE).is_file():
+        return
+    log_png(plots.loss_curves(load_summary(output_dir).get("log_history") or []), "plots/loss.png")
+
+
 def run_training(cfg: ProjectConfig, data: Any, chat_template: str, fingerprints: dict[str, str]) -> Any:
     """The body both train steps share: tokenizer, durable checkpoints, in-process or multi-process.
 
@@ -272,8 +295,9 @@ def run_training(cfg: ProjectConfig, data: Any, chat_template: str, fingerprints
     """
     from zenml import log_metadata
 
-    from steps._tracking import log_metrics, log_params
+    from steps._tracking import log_params
     from tuneline.artifacts import ModelArtifact
+    from tuneline.report import stats_params
     from tuneline.tokenize import prepare_tokenizer
     from tuneline.train import train
     from tuneline.train.loading import load_tokenizer
@@ -291,7 +315,7 @@ def run_training(cfg: ProjectConfig, data: Any, chat_template: str, fingerprints
         output_dir=tempfile.mkdtemp(prefix="tuneline-model-"),
         checkpoint_dir=local,
         run_identity=identity,
-        log_metrics=lambda metrics, step: log_metrics(metrics, step=step),
+        log_metrics=log_training_metrics,
         on_checkpoint=lambda path: sync_checkpoint(path, local, durable, cfg.train.save_total_limit),
     )
     start_cfg = local_reference_model(cfg)
@@ -303,7 +327,8 @@ def run_training(cfg: ProjectConfig, data: Any, chat_template: str, fingerprints
         result = train(start_cfg, tokenizer, data, **kwargs)
     finish_checkpoints(local, durable)
     metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
-    log_metrics({"train_resumed": float(result.resumed_from is not None)})
+    log_params(stats_params("train", {"resumed": result.resumed_from is not None}))
+    log_loss_curves(result.output_dir)
     log_metadata(
         metadata={"method": result.method, "global_step": result.global_step, **metrics}, infer_artifact=True
     )

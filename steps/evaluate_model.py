@@ -9,12 +9,13 @@ from zenml import log_metadata, step
 from zenml.types import HTMLString
 
 from steps._caching import cache_policy
-from steps._tracking import active_run, log_metrics
+from steps._tracking import active_run, log_metrics, log_params, log_png
 from tuneline.artifacts import ModelArtifact
 from tuneline.config import EvalStage
 from tuneline.data.records import RecordSet
 from tuneline.evaluate.judge import disabled_report, evaluate_sft
 from tuneline.evaluate.report import render_html, samples_table
+from tuneline.report import eval_metrics_and_params, plots
 from tuneline.tokenize import TokenizedDataset
 
 log = logging.getLogger("tuneline")
@@ -29,12 +30,20 @@ def registry_client() -> Any:
     return MlflowClient()
 
 
-def publish(report: dict, flat: dict[str, float]) -> HTMLString:
-    """The report where people look: MLflow metrics, `eval/report.html` and the `eval/samples.json`
-    table (compared across runs in MLflow's UI), ZenML metadata; the HTML goes to the dashboard
+def publish(report: dict, flat: dict[str, float], model_dir: str | None = None) -> HTMLString:
+    """The report where people look: MLflow metrics (scores; interval bounds and p-values as
+    `stats.eval.*` params), `eval/report.html` and the `eval/samples.json` table (compared across
+    runs in MLflow's UI), the base-vs-fine-tuned bars as `plots/eval_metrics.png`, ZenML
+    metadata; the HTML, with the bars and the training loss curves on top, goes to the dashboard
     as the step's `eval_report_html` output."""
-    page = render_html(report)
-    log_metrics(flat)
+    bars = plots.metric_bars(report) if report.get("enabled") else None
+    figures = [("held-out scores, base vs fine-tuned", bars), ("training loss", _loss_curves(model_dir))]
+    page = plots.embed_after_heading(render_html(report), plots.figures_html(figures))
+    scores, details = eval_metrics_and_params(flat)
+    log_metrics(scores)
+    if details:
+        log_params(details)
+    log_png(bars, "plots/eval_metrics.png")
     if active_run() is not None:
         import mlflow
 
@@ -47,6 +56,17 @@ def publish(report: dict, flat: dict[str, float]) -> HTMLString:
     if not report.get("enabled"):
         log.warning("eval.enabled is false: this model will not be registered")
     return HTMLString(page)
+
+
+def _loss_curves(model_dir: str | None) -> bytes | None:
+    """The trained model's loss curves, when it carries the recipe's log history."""
+    from pathlib import Path
+
+    from tuneline.train.recipe import SUMMARY_FILE, load_summary
+
+    if not model_dir or not (Path(model_dir) / SUMMARY_FILE).is_file():
+        return None
+    return plots.loss_curves(load_summary(model_dir).get("log_history") or [])
 
 
 @step(cache_policy=cache_policy(__name__))
@@ -74,4 +94,4 @@ def evaluate_model(
         data_fingerprint=dataset.fingerprints.get(split, ""),
         client=registry_client(),
     )
-    return report, publish(report, flat)
+    return report, publish(report, flat, model.path)

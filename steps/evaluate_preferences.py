@@ -38,4 +38,4 @@ def evaluate_preferences(
         data_fingerprint=dataset.fingerprints.get(split, ""),
         client=registry_client(),
     )
-    return report, publish(report, flat)
+    return report, publish(report, flat, model.path)

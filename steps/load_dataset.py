@@ -8,10 +8,11 @@ from zenml import log_metadata, step
 
 from materializers.record_set_materializer import RecordSetMaterializer
 from steps._caching import cache_policy
-from steps._tracking import active_run, log_metrics, log_params
+from steps._tracking import active_run, log_params
 from tuneline.config import DataConfig
 from tuneline.data import load_records, render_summary_html, summarize
 from tuneline.data.records import RecordSet
+from tuneline.report import stats_params
 
 
 @step(output_materializers=RecordSetMaterializer, cache_policy=cache_policy(__name__))
@@ -28,7 +29,8 @@ def load_dataset(
     counts = {f"data_{k}_records": len(v) for k, v in records.splits.items()}
     log_params({f"data.fingerprint.{k}": v for k, v in fps.items()})
     log_params({"data.source_fingerprint": source_fingerprint})
-    log_metrics(counts)
+    # One-off counts are params (stats.data.<split>_records), not one-point metric charts.
+    log_params(stats_params("data", {f"{k}_records": len(v) for k, v in records.splits.items()}))
     if active_run() is not None:
         import mlflow
 

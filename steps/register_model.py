@@ -13,13 +13,15 @@ from typing import Annotated, Any
 
 from zenml import get_step_context, step
 
+from pipelines.zenml_model import record_registration
 from steps._caching import cache_policy
-from steps._tracking import active_run, log_metrics
+from steps._tracking import active_run, log_params
 from tuneline.artifacts import ModelArtifact
 from tuneline.config import PipelineConfig
 from tuneline.data.records import RecordSet
 from tuneline.errors import TunelineError
 from tuneline.registry import Scored, Significance
+from tuneline.report import stats_params
 from tuneline.tracking import registration_refusal
 
 log = logging.getLogger("tuneline")
@@ -117,6 +119,7 @@ def register_model(
         register_and_decide,
         weights_sha256,
     )
+    from tuneline.serve.mlflow_model import log_chat_model
 
     reg = config.registry
     evaluated = bool(eval_report.get("enabled"))
@@ -134,8 +137,8 @@ def register_model(
     fp = _eval_set(eval_report, dataset, config)
     weights = weights_sha256(model.path)
     # The same weights (an eval-only change re-ran this step) reuse their version and its files.
-    if find_version_by_weights(client, reg.model_name, weights) is None:
-        mlflow.log_artifacts(model.path, artifact_path="model")
+    existing = find_version_by_weights(client, reg.model_name, weights)
+    source = existing.source if existing is not None else log_chat_model(model.path, config)
     resolved = loggable_config(config.model_dump(mode="json"))
     mlflow.log_dict(resolved, CONFIG_ARTIFACT)
     pipeline_run = get_step_context().pipeline_run
@@ -160,7 +163,7 @@ def register_model(
         client,
         reg.model_name,
         Candidate(
-            source=mlflow.get_artifact_uri("model"),
+            source=source,  # the MLflow pyfunc chat model (tuneline.serve.mlflow_model)
             run_id=run_id,
             weights_sha256=weights,
             scores=Scored(dict(tuned), fp),
@@ -175,5 +178,7 @@ def register_model(
         significance=significance,
         promote=reg.promote,
     )
-    log_metrics({"registered_version": float(result.version), "promoted": float(result.promoted)})
-    return registration_dict(result, aliases.champion, aliases.challenger, run_id)
+    log_params(stats_params("registry", {"version": int(result.version), "promoted": bool(result.promoted)}))
+    registration = registration_dict(result, aliases.champion, aliases.challenger, run_id)
+    record_registration(registration)  # the run's ZenML model version mirrors the MLflow one
+    return registration

@@ -8,10 +8,11 @@ from zenml import log_metadata, step
 
 from materializers.tokenized_dataset_materializer import TokenizedDatasetMaterializer
 from steps._caching import cache_policy
-from steps._tracking import active_run, log_metrics
+from steps._tracking import active_run, log_params, log_png
 from tuneline.config import ModelConfig, TemplateConfig, TokenizeConfig
 from tuneline.data import render_summary_html, summarize
 from tuneline.data.records import RecordSet
+from tuneline.report import plots, stats_params
 from tuneline.tokenize import TokenizedDataset, prepare_tokenizer
 from tuneline.tokenize import tokenize_dataset as tokenize_records
 from tuneline.train.loading import load_tokenizer
@@ -37,11 +38,24 @@ def tokenize_dataset(
     for k, v in tokenized.stats.items():
         if isinstance(v, (int, float)) and not isinstance(v, bool):
             stats[f"tokenize_{k}"] = v
-    log_metrics(stats)
+    # One-off statistics: params (stats.tokenize.*) and the audit, not one-point metric charts.
+    log_params(stats_params("tokenize", tokenized.stats))
+    for split, s in tokenized.splits.items():
+        log_params(stats_params(f"tokenize.{split}", s.stats))
     if active_run() is not None:
         import mlflow
 
-        mlflow.log_dict({"stats": tokenized.stats, "examples": tokenized.audit}, "tokenization/audit.json")
+        audit = {
+            "stats": tokenized.stats,
+            "splits": {split: s.stats for split, s in tokenized.splits.items()},
+            "examples": tokenized.audit,
+        }
+        mlflow.log_dict(audit, "tokenization/audit.json")
+        lengths = {split: [len(ids) for ids in s.input_ids] for split, s in tokenized.splits.items()}
+        log_png(
+            plots.token_length_histogram(lengths, tokenize_config.max_length, tokenized.packed),
+            "plots/token_lengths.png",
+        )
         mlflow.log_text(tokenized.chat_template or "", "tokenization/chat_template.jinja")
         # The load step's summary has character lengths only; now the tokenizer is known, add token lengths.
         mlflow.log_text(render_summary_html(summarize(dataset, tokenizer)), "data/summary.html")

@@ -1,8 +1,10 @@
 """Standalone training run on a tiny model, for tests that need a separate process.
 
 The kill-and-resume tests SIGKILL it mid-run and run it again; the DDP test launches it
-with torchrun; the collision test starts two at once against one artifact-store root
-(`--store`: the checkpoint directory comes from steps/_training.py as in the pipeline).
+with torchrun; the collision test runs one while another trains against the same
+artifact-store root (`--store`: the checkpoint directory comes from steps/_training.py as in
+the pipeline). Tests that need no separate process call `main(argv)` in-process (no
+interpreter start-up); it pins torch to one thread, so restore the count after.
 It also provides the tiny config/data builders the in-process tests share, so every test
 trains the same model.
 

@@ -69,3 +69,64 @@ def tuneline_home(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("TUNELINE_HOME", str(home))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     return home
+
+
+@pytest.fixture(scope="session")
+def empty_mlflow_db(tmp_path_factory) -> Path:
+    """An MLflow SQLite store with its schema migrated, once per session: migrating a new store
+    takes seconds, copying this file milliseconds. Tests copy it (`mlflow_db`), never write to it."""
+    from mlflow import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def mlflow_db(tmp_path, empty_mlflow_db) -> Path:
+    """A migrated, empty MLflow SQLite store of this test's own (tmp_path/mlflow.db)."""
+    import shutil
+
+    path = tmp_path / "mlflow.db"
+    shutil.copyfile(empty_mlflow_db, path)
+    return path
+
+
+# A tiny Llama built from config (no download) for evaluation tests: small enough that
+# generating a few answers takes milliseconds.
+TINY_EVAL_MODEL = {
+    "model_type": "llama",
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 128,
+}
+
+
+def chat(question: str, answer: str):
+    """One user/assistant exchange as a Record."""
+    from tuneline.data.records import Record
+
+    return Record(messages=[{"role": "user", "content": question}, {"role": "assistant", "content": answer}])
+
+
+def tiny_project(tmp_path: Path, **sections):
+    """The config of a project on TINY_EVAL_MODEL, the tiny tokenizer and chatml, its data a
+    one-line chat file in tmp_path; each keyword replaces that whole config section."""
+    import json
+
+    from tuneline.config import load_config
+
+    data = tmp_path / "d.jsonl"
+    messages = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    data.write_text(json.dumps({"messages": messages}))
+    return load_config(
+        data={
+            "model": {"from_config": TINY_EVAL_MODEL, "tokenizer": str(TINY_TOKENIZER)},
+            "data": {"path": str(data)},
+            "template": {"name": "chatml"},
+            **sections,
+        }
+    )

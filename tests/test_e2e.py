@@ -69,12 +69,27 @@ def test_sft_pipeline_end_to_end(tmp_path):
     assert m["finetuned_eval_loss"] < 0.5 * m["base_eval_loss"]
     assert m["finetuned_rougeL"] > m["base_rougeL"] + 0.2
     # ... by more than noise: the paired bootstrap interval of the gain excludes zero.
-    assert m["delta_rougeL_ci_low"] > 0 and m["delta_rougeL_significant"] == 1.0
-    assert m["finetuned_rougeL_ci_low"] <= m["finetuned_rougeL"] <= m["finetuned_rougeL_ci_high"]
+    # (interval bounds and significance are params: one-off figures, not one-point charts)
+    p = {
+        k: float(v) if v not in ("True", "False") else v == "True"
+        for k, v in run.data.params.items()
+        if k.startswith("stats.eval.")
+    }
+    assert p["stats.eval.delta_rougeL_ci_low"] > 0 and p["stats.eval.delta_rougeL_significant"] is True
+    assert (
+        p["stats.eval.finetuned_rougeL_ci_low"]
+        <= m["finetuned_rougeL"]
+        <= p["stats.eval.finetuned_rougeL_ci_high"]
+    )
     evals = {a.path for a in client.list_artifacts(run.info.run_id, "eval")}
     assert {"eval/report.html", "eval/samples.json"} <= evals
+    plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert {"plots/loss.png", "plots/token_lengths.png", "plots/eval_metrics.png"} <= plots
+    assert not [k for k in m if k.startswith(("tokenize_", "data_"))], "one-off statistics are params"
     assert "largest wins (rougeL)" in r.stdout and "delta 95% CI" in r.stdout
-    assert client.get_metric_history(run.info.run_id, "loss"), "per-step training loss was not logged"
+    assert client.get_metric_history(run.info.run_id, "training/loss"), (
+        "per-step training loss was not logged"
+    )
     assert "train.learning_rate" in run.data.params
     assert any(k.startswith("data.fingerprint.") for k in run.data.params)
     # Lineage on the version, the champion alias, and the model files as artifacts.
@@ -87,8 +102,17 @@ def test_sft_pipeline_end_to_end(tmp_path):
     # The model lives in the ZenML artifact store (durable), not only in a worker's temp dir.
     stored = list((home / "artifacts" / "train_model").rglob("model.safetensors"))
     assert stored, "train_model's output was not materialized into the artifact store"
-    files = {a.path for a in client.list_artifacts(run.info.run_id, "model")}
-    assert "model/model.safetensors" in files and "model/tokenizer_config.json" in files
+    # The version is an MLflow pyfunc chat model around the trained directory (artifacts/hf_model).
+    import mlflow.pyfunc
+    from mlflow.artifacts import download_artifacts
+
+    local = Path(download_artifacts(artifact_uri=mv.source, dst_path=str(tmp_path / "v1")))
+    assert "python_function" in (local / "MLmodel").read_text()
+    hf_files = {p.name for p in (local / "artifacts" / "hf_model").iterdir()}
+    assert {"model.safetensors", "tokenizer_config.json", "tuneline_serve.json"} <= hf_files
+    question = {"messages": [{"role": "user", "content": "Name the capital city of Velan."}]}
+    answer = mlflow.pyfunc.load_model(str(local)).predict(question, params={"max_new_tokens": 16})
+    assert len(answer) == 1 and isinstance(answer[0], str)
 
     # An identical second run is served from the cache and registers nothing new.
     r2 = run_cli(home, "--config", "configs/sft.yaml", *FAST)
@@ -123,6 +147,19 @@ def test_sft_pipeline_end_to_end(tmp_path):
     v1 = client.get_model_version("e2e-model", "1").tags
     assert len({k.split(".")[1] for k in v1 if k.startswith("eval.") and k != "eval.fingerprint"}) == 2
 
+    # The ZenML Model mirrors the registry: the run that registered v1 is ZenML version "1", in
+    # production (v1 is @champion); r3 registered the same weights again, so it recorded v1 and
+    # kept its run name; a run whose registration was cached records nothing.
+    from tests._zenml import zenml_versions
+
+    versions = zenml_versions(home, "e2e-model")
+    named = {v["name"]: v for v in versions}
+    assert named["1"]["stage"] == "production" and named["1"]["meta"]["mlflow_version"] == "1"
+    assert {"model", "eval_report", "registration"} <= set(named["1"]["artifacts"])
+    assert [v["name"] for v in versions if v["stage"] == "production"] == ["1"]
+    assert versions[-1]["name"].startswith("tuneline_sft-") and versions[-1]["meta"]["mlflow_version"] == "1"
+    assert {v["meta"].get("mlflow_version") for v in versions} <= {"1", None}
+
 
 @pytest.mark.e2e
 def test_diverging_run_fails_cleanly_and_registers_nothing(tmp_path):
@@ -150,7 +187,7 @@ def test_diverging_run_fails_cleanly_and_registers_nothing(tmp_path):
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     runs = [run for e in client.search_experiments() for run in client.search_runs([e.experiment_id])]
     assert [run.info.status for run in runs] == ["FAILED"]
-    losses = [m.value for m in client.get_metric_history(runs[0].info.run_id, "loss")]
+    losses = [m.value for m in client.get_metric_history(runs[0].info.run_id, "training/loss")]
     assert losses and losses[-1] != losses[-1], "the NaN loss must be logged, not filtered"
     assert client.search_registered_models() == []
 
@@ -257,8 +294,8 @@ def test_pipeline_resumes_after_kill_9_during_training(tmp_path):
     uri = f"sqlite:///{home / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     run = client.get_run(client.get_model_version("resume-model", "1").run_id)
-    assert run.data.metrics["train_resumed"] == 1.0
-    steps = [m.step for m in client.get_metric_history(run.info.run_id, "loss")]
+    assert run.data.params["stats.train.resumed"] == "True"
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "training/loss")]
     assert steps and min(steps) > 100, f"the resumed run re-trained steps it had already done: {steps[:5]}"
-    assert run.data.metrics["global_step"] == 300
+    assert run.data.params["stats.train.global_step"] == "300"
     assert not list(ckpt_roots.glob("lorekeep--full--*")), "a finished run's checkpoints are cleaned up"

@@ -10,7 +10,7 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from tuneline.config import load_config
+from tests.conftest import chat, tiny_project
 from tuneline.data.records import Record
 from tuneline.evaluate.generate import generate_answers, load_start_model
 from tuneline.evaluate.judge import evaluate_preference, evaluate_sft
@@ -18,43 +18,20 @@ from tuneline.evaluate.report import eval_set_fingerprint, render_html, wins_and
 from tuneline.evaluate.scoring import score
 from tuneline.tokenize import end_of_turn_token_ids, prepare_tokenizer, tokenize_split
 
-TINY = {
-    "model_type": "llama",
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "max_position_embeddings": 128,
-}
 N = 6
 
 
-def chat(q: str, a: str) -> Record:
-    return Record(messages=[{"role": "user", "content": q}, {"role": "assistant", "content": a}])
-
-
-def project(tmp_path, tiny_tokenizer_dir, **sections):
-    data = tmp_path / "d.jsonl"
-    data.write_text(
-        json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]})
-    )
-    return load_config(
-        data={
-            "model": {"from_config": TINY, "tokenizer": str(tiny_tokenizer_dir)},
-            "data": {"path": str(data)},
-            "template": {"name": "chatml"},
-            "eval": {"max_new_tokens": 6, "bootstrap_resamples": 200, **sections.pop("eval", {})},
-            **sections,
-        }
-    )
+def project(tmp_path, **sections):
+    """The shared tiny project, generating short answers and bootstrapping 200 resamples."""
+    evaluation = {"max_new_tokens": 6, "bootstrap_resamples": 200, **sections.pop("eval", {})}
+    return tiny_project(tmp_path, eval=evaluation, **sections)
 
 
 @pytest.fixture
-def sft(tmp_path, tiny_tokenizer, tiny_tokenizer_dir, tuneline_home):
+def sft(tmp_path, tiny_tokenizer, tuneline_home):
     """A "fine-tuned" model dir (another seed of the tiny model) and eval records whose references
     are its own greedy answers for the first half, so its exact match is known: 0.5."""
-    cfg = project(tmp_path, tiny_tokenizer_dir)
+    cfg = project(tmp_path)
     tok = prepare_tokenizer(tiny_tokenizer, cfg.template, cfg.base_dir)
     tuned_cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"init_seed": 7})})
     tuned = load_start_model(tuned_cfg, len(tok))
@@ -171,8 +148,8 @@ def test_summary_shows_deltas_intervals_and_largest_wins_and_losses():
 
 
 @pytest.fixture
-def registry(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def registry(mlflow_db):
+    uri = f"sqlite:///{mlflow_db}"
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     yield MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -232,10 +209,8 @@ def test_champion_is_rescored_on_another_eval_set_and_reused_on_the_same(sft, re
     assert off["champion"]["status"] == "skipped" and "registry.promote" in off["champion"]["reason"]
 
 
-def test_preference_report_has_accuracy_margin_and_intervals_over_pairs(
-    tmp_path, tiny_tokenizer, tiny_tokenizer_dir
-):
-    cfg = project(tmp_path, tiny_tokenizer_dir, train={"method": "dpo"})
+def test_preference_report_has_accuracy_margin_and_intervals_over_pairs(tmp_path, tiny_tokenizer):
+    cfg = project(tmp_path, train={"method": "dpo"})
     tok = prepare_tokenizer(tiny_tokenizer, cfg.template, cfg.base_dir)
     tuned = load_start_model(
         cfg.model_copy(update={"model": cfg.model.model_copy(update={"init_seed": 3})}), len(tok)

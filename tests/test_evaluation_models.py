@@ -7,9 +7,8 @@ import json
 import pytest
 import torch
 
-from tests.conftest import fixture_path
-from tuneline.config import RegistryConfig, load_config
-from tuneline.data.records import Record
+from tests.conftest import TINY_EVAL_MODEL, chat, fixture_path, tiny_project
+from tuneline.config import RegistryConfig
 from tuneline.evaluate.generate import eval_loss, generate_answers, load_start_model, load_trained_model
 from tuneline.tokenize import (
     encode_for_inference,
@@ -19,41 +18,12 @@ from tuneline.tokenize import (
 )
 from tuneline.tracking import registration_refusal
 
-TINY = {
-    "model_type": "llama",
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "max_position_embeddings": 128,
-}
 
-
-def project(tmp_path, tiny_tokenizer_dir, **train):
-    data = tmp_path / "d.jsonl"
-    data.write_text(
-        json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]})
-    )
-    return load_config(
-        data={
-            "model": {"from_config": TINY, "tokenizer": str(tiny_tokenizer_dir)},
-            "data": {"path": str(data)},
-            "template": {"name": "chatml"},
-            "train": train,
-        }
-    )
-
-
-def chat(q, a):
-    return Record(messages=[{"role": "user", "content": q}, {"role": "assistant", "content": a}])
-
-
-def test_eval_loss_is_the_mean_over_supervised_tokens(tmp_path, tiny_tokenizer, tiny_tokenizer_dir):
+def test_eval_loss_is_the_mean_over_supervised_tokens(tmp_path, tiny_tokenizer):
     from tuneline.config import TokenizeConfig
     from tuneline.tokenize.collate import DataCollator
 
-    cfg = project(tmp_path, tiny_tokenizer_dir)
+    cfg = tiny_project(tmp_path)
     tok = prepare_tokenizer(tiny_tokenizer, cfg.template, cfg.base_dir)
     split = tokenize_split(
         [chat("What is the capital?", "Frostholt."), chat("Who rules?", "Queen Ilsa.")], tok, TokenizeConfig()
@@ -69,8 +39,8 @@ def test_eval_loss_is_the_mean_over_supervised_tokens(tmp_path, tiny_tokenizer, 
     assert got == pytest.approx(total / count, rel=1e-5)
 
 
-def test_generation_stops_at_the_end_of_turn_token(tmp_path, tiny_tokenizer, tiny_tokenizer_dir):
-    cfg = project(tmp_path, tiny_tokenizer_dir)
+def test_generation_stops_at_the_end_of_turn_token(tmp_path, tiny_tokenizer):
+    cfg = tiny_project(tmp_path)
     tok = prepare_tokenizer(tiny_tokenizer, cfg.template, cfg.base_dir)
     end = tok.convert_tokens_to_ids("<|im_end|>")
     assert end in end_of_turn_token_ids(tok)
@@ -93,10 +63,10 @@ def test_inference_prompts_get_bos_like_training(tmp_path):
     assert encode_for_inference(tok, "<s>" + text).count(tok.bos_token_id) == 1
 
 
-def test_adapter_is_loaded_on_the_base_it_was_trained_on(tmp_path, tiny_tokenizer, tiny_tokenizer_dir):
+def test_adapter_is_loaded_on_the_base_it_was_trained_on(tmp_path, tiny_tokenizer):
     from peft import LoraConfig, get_peft_model
 
-    cfg = project(tmp_path, tiny_tokenizer_dir, method="lora")
+    cfg = tiny_project(tmp_path, train={"method": "lora"})
     tok = prepare_tokenizer(tiny_tokenizer, cfg.template, cfg.base_dir)
     base = load_start_model(cfg, len(tok))
     peft = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
@@ -162,7 +132,7 @@ def remote_code_model(tmp_path, monkeypatch):
 
     monkeypatch.setattr(dmu, "HF_MODULES_CACHE", str(tmp_path / "hf_modules"))
     torch.manual_seed(0)
-    conf = {k: v for k, v in TINY.items() if k != "model_type"}
+    conf = {k: v for k, v in TINY_EVAL_MODEL.items() if k != "model_type"}
     model = LlamaForCausalLM(LlamaConfig(vocab_size=64, **conf))
     src = tmp_path / "remote"
     model.save_pretrained(src)
@@ -182,16 +152,8 @@ def remote_code_model(tmp_path, monkeypatch):
 
 
 def _remote_project(tmp_path, src, trust: bool):
-    data = tmp_path / "d.jsonl"
-    data.write_text(
-        json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]})
-    )
-    return load_config(
-        data={
-            "model": {"name_or_path": str(src), "trust_remote_code": trust, "dtype": "float32"},
-            "data": {"path": str(data)},
-        }
-    )
+    model = {"name_or_path": str(src), "trust_remote_code": trust, "dtype": "float32"}
+    return tiny_project(tmp_path, model=model, template={"name": "auto"})
 
 
 @pytest.mark.parametrize("recorded", [False, True])

@@ -14,22 +14,29 @@ from tuneline.tokenize import TokenizedDataset, TokenizedSplit
 
 @pytest.fixture(scope="module")
 def artifact_store(tmp_path_factory):
-    home = tmp_path_factory.mktemp("zenml_home")
-    saved = {k: os.environ.get(k) for k in ("TUNELINE_HOME", "ZENML_CONFIG_PATH")}
-    os.environ["TUNELINE_HOME"] = str(home)
-    os.environ.pop("ZENML_CONFIG_PATH", None)
-    from pipelines.stack import configure_environment, ensure_stack
+    """A local ZenML artifact store, the flavour and shape of the one the tuneline stack registers.
+    Materializers are handed it as a pipeline step hands it to them; that needs no ZenML store or
+    stack (whose creation takes seconds of schema migrations), and leaves this process's ZenML
+    configuration untouched."""
+    from datetime import datetime
+    from uuid import uuid4
 
-    configure_environment()
-    ensure_stack(f"sqlite:///{home / 'mlflow.db'}")
-    from zenml.client import Client
+    from zenml.artifact_stores.local_artifact_store import LocalArtifactStore, LocalArtifactStoreConfig
+    from zenml.enums import StackComponentType
 
-    yield Client().active_stack.artifact_store
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    from pipelines.stack import ARTIFACT_STORE
+
+    now = datetime.now()
+    return LocalArtifactStore(
+        name=ARTIFACT_STORE,
+        id=uuid4(),
+        config=LocalArtifactStoreConfig(path=str(tmp_path_factory.mktemp("artifacts"))),
+        flavor="local",
+        type=StackComponentType.ARTIFACT_STORE,
+        user=None,
+        created=now,
+        updated=now,
+    )
 
 
 def _uri(store, name):

@@ -1,114 +1,27 @@
 """Server mode: a real `mlflow server` on PostgreSQL or MariaDB, registry used over HTTP.
 
-Each test creates its own database (CI shares the machine) and drops it afterwards.
-Skips when the database server is not reachable.
+Each test gets its own database and server (`tests/_servers.py`); skips when the database
+server is not reachable.
 """
 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
 import uuid
 
 import pytest
 
+from tests._servers import mlflow_server_on
 from tuneline.home import redact_uri
 from tuneline.registry import Candidate, PromotionPolicy, Scored, eval_fingerprint, register_and_decide
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _postgres_db():
-    psycopg2 = pytest.importorskip("psycopg2")
-    name = f"tuneline_test_{uuid.uuid4().hex[:10]}"
-    try:
-        conn = psycopg2.connect(
-            host="127.0.0.1", port=5432, user="postgres", dbname="postgres", connect_timeout=3
-        )
-    except psycopg2.OperationalError as e:
-        pytest.skip(f"PostgreSQL not reachable: {e}")
-    conn.autocommit = True
-    conn.cursor().execute(f"CREATE DATABASE {name}")
-
-    def drop():
-        conn.cursor().execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        conn.close()
-
-    return f"postgresql://postgres@127.0.0.1:5432/{name}", drop
-
-
-def _mariadb_db():
-    pymysql = pytest.importorskip("pymysql")
-    name = f"tuneline_test_{uuid.uuid4().hex[:10]}"
-    try:
-        conn = pymysql.connect(
-            host="127.0.0.1", port=3306, user="root", password="", connect_timeout=3, autocommit=True
-        )
-    except pymysql.err.OperationalError as e:
-        pytest.skip(f"MariaDB not reachable: {e}")
-    conn.cursor().execute(f"CREATE DATABASE {name}")
-
-    def drop():
-        conn.cursor().execute(f"DROP DATABASE IF EXISTS {name}")
-        conn.close()
-
-    return f"mysql+pymysql://root@127.0.0.1:3306/{name}", drop
-
-
 @pytest.fixture(params=["postgresql", "mariadb"])
 def mlflow_server(request, tmp_path):
-    backend, drop = _postgres_db() if request.param == "postgresql" else _mariadb_db()
-    port = _free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--backend-store-uri",
-            backend,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-            "--default-artifact-root",
-            str(tmp_path / "artifacts"),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-    )
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    import urllib.request
-
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(f"{uri}/health", timeout=2)
-            break
-        except OSError:
-            if proc.poll() is not None:
-                pytest.fail(f"mlflow server exited: {proc.stdout.read().decode()[-3000:]}")
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("mlflow server did not become healthy in 90 s")
-    yield uri
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    drop()
+    with mlflow_server_on(request.param, tmp_path) as (uri, _log):
+        yield uri
 
 
 @pytest.mark.slow

@@ -24,8 +24,8 @@ ROUGE = PromotionPolicy(metric="rouge_l")
 
 
 @pytest.fixture
-def client(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def client(mlflow_db):
+    uri = f"sqlite:///{mlflow_db}"
     mlflow.set_tracking_uri(uri)
     yield MlflowClient(tracking_uri=uri, registry_uri=uri)
     mlflow.set_tracking_uri("")

@@ -1,5 +1,8 @@
 """`python run.py models | promote | rollback` against a real SQLite MLflow store in tmp: the
-versions are registered by the registry package exactly as the register step does it."""
+versions are registered by the registry package exactly as the register step does it.
+
+Most commands run in this process through `run.main` (the script's own entry); the last tests
+run the script in a subprocess, MLflow queries included."""
 
 from __future__ import annotations
 
@@ -47,40 +50,62 @@ def _register(client, exp, tmp: Path, weights: bytes, rouge: float, base: float 
     return register_and_decide(client, "cli-model", cand, POLICY, registry_uri=uri)
 
 
-@pytest.fixture(scope="session")
-def empty_store(tmp_path_factory) -> Path:
-    """An MLflow SQLite file with its schema migrated once; each test works on a copy of it."""
-    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
-    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
-    return path
-
-
-@pytest.fixture
-def home(tmp_path, empty_store):
-    """A TUNELINE_HOME whose mlflow.db holds v1 (champion, 0.5), v2 (challenger, 0.4), v3 (champion, 0.6)."""
-    home = tmp_path / "home"
-    home.mkdir()
-    shutil.copyfile(empty_store, home / "mlflow.db")
-    uri = f"sqlite:///{home / 'mlflow.db'}"
+@pytest.fixture(scope="module")
+def registered_store(tmp_path_factory, empty_mlflow_db) -> Path:
+    """An mlflow.db holding v1 (champion, 0.5), v2 (challenger, 0.4), v3 (champion, 0.6), registered
+    once per module; each test works on a copy of it (`home`)."""
+    tmp = tmp_path_factory.mktemp("cli-store")
+    db = tmp / "mlflow.db"
+    shutil.copyfile(empty_mlflow_db, db)
+    uri = f"sqlite:///{db}"
     mlflow.set_tracking_uri(uri)
     try:
         client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-        exp = client.create_experiment("cli", artifact_location=(tmp_path / "artifacts").as_uri())
-        outcomes = [
-            _register(client, exp, tmp_path, w, s) for w, s in ((b"a", 0.5), (b"b", 0.4), (b"c", 0.6))
-        ]
+        exp = client.create_experiment("cli", artifact_location=(tmp / "artifacts").as_uri())
+        outcomes = [_register(client, exp, tmp, w, s) for w, s in ((b"a", 0.5), (b"b", 0.4), (b"c", 0.6))]
     finally:
         mlflow.set_tracking_uri("")
     assert [r.decision.outcome for r in outcomes] == ["champion", "challenger", "champion"]
+    return db
+
+
+@pytest.fixture
+def home(tmp_path, registered_store):
+    """A TUNELINE_HOME of this test's own whose mlflow.db holds the three registered versions."""
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copyfile(registered_store, home / "mlflow.db")
     return home
 
 
 def run_py(home: Path, *args: str) -> subprocess.CompletedProcess:
+    """`python run.py ARGS` as user alice, in a real subprocess."""
     env = {**os.environ, "TUNELINE_HOME": str(home), "USER": "alice"}
     env.pop("MLFLOW_TRACKING_URI", None)
     return subprocess.run(
         [sys.executable, "run.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
     )
+
+
+@pytest.fixture
+def cli(monkeypatch, capsys):
+    """run_py in this process, through `run.main` (what the script runs): the same arguments,
+    environment, exit code and output, without a fresh interpreter importing MLflow (seconds a
+    command). The subprocess tests at the end keep the script itself covered."""
+    monkeypatch.syspath_prepend(str(ROOT))
+    import run
+
+    monkeypatch.setenv("USER", "alice")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+    def call(home: Path, *args: str) -> subprocess.CompletedProcess:
+        monkeypatch.setenv("TUNELINE_HOME", str(home))
+        capsys.readouterr()
+        code = run.main(list(args))
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(["run.py", *args], code, out, err)
+
+    return call
 
 
 def _alias_table(home: Path) -> dict[str, str]:
@@ -89,8 +114,8 @@ def _alias_table(home: Path) -> dict[str, str]:
     return {a: str(v) for a, v in rm.aliases.items()}
 
 
-def test_models_promote_rollback_round_trip(home):
-    r = run_py(home, "models", "cli-model")
+def test_models_promote_rollback_round_trip(home, cli):
+    r = cli(home, "models", "cli-model")
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert lines[0].startswith("cli-model: 3 versions  @champion v3  @previous-champion v1  @challenger v2")
@@ -100,17 +125,17 @@ def test_models_promote_rollback_round_trip(home):
     assert "challenger" in rows[1] and "0.4000 vs v1 0.5000: not better than v1" in rows[1]
     assert "v3: run " in r.stdout and "base tiny-llama  data -" in r.stdout
 
-    r = run_py(home, "promote", "cli-model", "2", "--reason", "humans prefer its answers")
+    r = cli(home, "promote", "cli-model", "2", "--reason", "humans prefer its answers")
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "cli-model: v2 is now @champion; v3 is @previous-champion"
     assert _alias_table(home) == {"champion": "2", "previous-champion": "3"}
 
-    r = run_py(home, "rollback", "cli-model", "--reason", "v2 regressed in production", "--who", "bob")
+    r = cli(home, "rollback", "cli-model", "--reason", "v2 regressed in production", "--who", "bob")
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().startswith("cli-model: v3 is now @champion (v2 rolled back)")
     assert _alias_table(home)["champion"] == "3"
 
-    r = run_py(home, "models", "cli-model", "--history")
+    r = cli(home, "models", "cli-model", "--history")
     assert r.returncode == 0, r.stderr
     history = r.stdout.split("history (oldest first):")[1]
     assert "promote   v2 (was v3)  by alice: humans prefer its answers" in history
@@ -129,25 +154,23 @@ def test_models_promote_rollback_round_trip(home):
         (("rollback", "no-such-model"), "no registered model 'no-such-model'"),
     ],
 )
-def test_unknown_model_or_version_exits_2_with_one_line(home, args, message, monkeypatch, capsys):
-    """In-process through `run.main`, the same dispatch the subprocess tests go through."""
-    monkeypatch.syspath_prepend(str(ROOT))
-    import run
-
-    monkeypatch.setenv("TUNELINE_HOME", str(home))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+def test_unknown_model_or_version_exits_2_with_one_line(home, cli, args, message):
     before = _alias_table(home)
-    assert run.main(list(args)) == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    r = cli(home, *args)
+    assert r.returncode == 2
+    err = r.stderr.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
     assert _alias_table(home) == before
 
 
-def test_rollback_without_previous_champion_names_the_promote_command(home):
-    assert run_py(home, "rollback", "cli-model").returncode == 0  # v1 back; nothing older left
-    r = run_py(home, "rollback", "cli-model")
+def test_rollback_without_previous_champion_names_the_promote_command(home, cli):
+    assert cli(home, "rollback", "cli-model").returncode == 0  # v1 back; nothing older left
+    r = cli(home, "rollback", "cli-model")
     assert r.returncode == 2
     assert "python run.py promote cli-model <version> --reason" in r.stderr
+
+
+# Through the script in a subprocess, as a user runs it.
 
 
 def test_missing_store_exits_2_without_creating_one(tmp_path):

@@ -1,86 +1,25 @@
 """Concurrent decisions against a real `mlflow server` on PostgreSQL: no file lock can serialise
 them, so set-then-verify must leave the better model as champion and one version per weights.
 
-Each test creates its own database and drops it afterwards; skips when PostgreSQL is not reachable.
+Each test gets its own database and server (`tests/_servers.py`); skips when PostgreSQL is not
+reachable.
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
-import urllib.request
-
 import pytest
 from mlflow import MlflowClient
 
-from tests.test_mlflow_server import _free_port, _postgres_db
+from tests._servers import mlflow_server_on
 from tests.test_registry_ops import FP, _alias, assert_better_won, race
 from tuneline.registry import list_versions, promote, rollback
 
 
-def _start_server(backend: str, tmp_path) -> tuple[subprocess.Popen, str] | None:
-    """A running server, or None when it exited at startup (its port was taken meanwhile)."""
-    port = _free_port()
-    log = tmp_path / f"server-{port}.log"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--backend-store-uri",
-            backend,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "2",  # two workers: requests from the two runs really interleave
-            "--default-artifact-root",
-            str(tmp_path / "artifacts"),
-        ],
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-    )
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(f"{uri}/health", timeout=2)
-            return proc, uri
-        except OSError:
-            if proc.poll() is not None:
-                return None
-            time.sleep(0.5)
-    proc.kill()
-    pytest.fail(f"mlflow server did not become healthy in 120 s: {log.read_text()[-3000:]}")
-
-
 @pytest.fixture
 def pg_server(tmp_path):
-    backend, drop = _postgres_db()
-    try:
-        for _ in range(3):
-            started = _start_server(backend, tmp_path)
-            if started is not None:
-                break
-        else:
-            logs = "\n".join(p.read_text()[-1500:] for p in tmp_path.glob("server-*.log"))
-            pytest.fail(f"mlflow server exited at startup three times: {logs}")
-        proc, uri = started
-        try:
-            yield uri
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-    finally:
-        drop()
+    # Two workers: requests from the two racing processes really interleave.
+    with mlflow_server_on("postgresql", tmp_path, workers=2) as (uri, _log):
+        yield uri
 
 
 @pytest.mark.slow

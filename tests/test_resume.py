@@ -1,5 +1,10 @@
 """Crash-and-rerun: a SIGKILLed run resumes from its last verified checkpoint, bit for bit.
 
+Only the run that gets killed is a separate process (a SIGKILL needs one), forked from this
+one (tests/_forked.py: no interpreter start-up). The uninterrupted run and the rerun are the
+very same command run in this process through the script's own `main()`, the uninterrupted
+one while the victim trains.
+
 Also the DDP check (slow tier): two CPU processes under torchrun (gloo) train the same
 steps as one process with gradient accumulation, and only rank 0 writes.
 """
@@ -7,17 +12,20 @@ steps as one process with gradient accumulation, and only rank 0 writes.
 from __future__ import annotations
 
 import json
-import os
+import multiprocessing
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
+
+from tests import _forked
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "tests" / "_train_script.py"
@@ -42,6 +50,43 @@ def _run(cmd: list[str], timeout: float = 120) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
+def _in_process(cmd: list[str]) -> None:
+    """`cmd` (a `_cmd` command line) run in this process. main() pins torch to one thread, as in
+    every process that runs it, so all the runs compute bit for bit the same; restored after."""
+    from tests._train_script import main
+
+    assert cmd[:2] == [sys.executable, str(SCRIPT)]
+    threads = torch.get_num_threads()
+    try:
+        assert main(cmd[2:]) == 0
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _start(cmd: list[str], d: Path) -> multiprocessing.Process:
+    """The victim: `cmd` in a child forked from this process, its output in d/victim.log."""
+    d.mkdir(parents=True, exist_ok=True)
+    return _forked.start(cmd[2:], d / "victim.log")
+
+
+class _KillOnceExists(threading.Thread):
+    """SIGKILLs `victim` as soon as `path` exists, watching from a thread so this process can
+    train meanwhile; `killed` says whether it came to that (not a timeout, not an early exit)."""
+
+    def __init__(self, victim: multiprocessing.Process, path: Path, timeout: float = 120.0) -> None:
+        super().__init__(daemon=True)
+        self.victim, self.path, self.timeout, self.killed = victim, path, timeout, False
+
+    def run(self) -> None:
+        deadline = time.monotonic() + self.timeout
+        while self.victim.is_alive() and time.monotonic() < deadline:
+            if self.path.exists():
+                self.victim.kill()
+                self.killed = True
+                return
+            time.sleep(0.02)
+
+
 def _losses(path: Path) -> dict[int, float]:
     """Per-step train loss; a re-logged step (after resume) overwrites the first record."""
     out = {}
@@ -54,24 +99,26 @@ def _losses(path: Path) -> dict[int, float]:
 
 def test_kill9_mid_run_then_rerun_resumes_and_matches_uninterrupted(tmp_path):
     clean, crashed = tmp_path / "clean", tmp_path / "crashed"
-    _run(_cmd(clean))
 
     # Slow the victim down so the kill lands between checkpoints (anywhere after the 2nd one).
-    victim = subprocess.Popen(
-        _cmd(crashed, "--sleep", "0.15"), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    deadline = time.monotonic() + 90
-    while not (crashed / "ckpt" / f"checkpoint-{2 * SAVE}").exists():
-        assert victim.poll() is None, victim.stderr.read().decode()[-3000:] if victim.stderr else ""
-        assert time.monotonic() < deadline, "victim made no progress"
-        time.sleep(0.02)
-    os.kill(victim.pid, signal.SIGKILL)
-    victim.wait()
+    victim = _start(_cmd(crashed, "--sleep", "0.15"), crashed)
+    watcher = _KillOnceExists(victim, crashed / "ckpt" / f"checkpoint-{2 * SAVE}")
+    watcher.start()
+    try:
+        _in_process(_cmd(clean))  # the uninterrupted run, while the victim trains
+        watcher.join(timeout=150)
+    finally:
+        if victim.is_alive():
+            victim.kill()
+        victim.join()
+    log = _forked.tail(crashed / "victim.log")
+    assert watcher.killed, f"victim ended ({victim.exitcode}) or stalled first: {log}"
+    assert victim.exitcode == -signal.SIGKILL
     assert not (crashed / "out" / "result.json").exists(), "killed before it finished"
     killed_after = len(_losses(crashed / "metrics.jsonl"))
     assert killed_after < STEPS
 
-    _run(_cmd(crashed))  # the very same command
+    _in_process(_cmd(crashed))  # the very same command
     result = json.loads((crashed / "out" / "result.json").read_text())
     resumed = result["resumed_from"]
     assert resumed is not None, "restarted from scratch instead of resuming"
@@ -113,13 +160,17 @@ def test_kill9_then_resume_keeps_the_early_stopping_decision(tmp_path):
         "2",
     ]
     clean, crashed = tmp_path / "clean", tmp_path / "crashed"
-    _run([*_cmd(clean), *common])
-    victim = subprocess.run(
-        [*_cmd(crashed), *common, "--kill-at", "4"], cwd=ROOT, capture_output=True, text=True, timeout=120
-    )
-    assert victim.returncode == -signal.SIGKILL, victim.stderr[-3000:]
+    victim = _start([*_cmd(crashed), *common, "--kill-at", "4"], crashed)
+    try:
+        _in_process([*_cmd(clean), *common])  # while the victim trains
+        victim.join(timeout=120)
+    finally:
+        if victim.is_alive():
+            victim.kill()
+            victim.join()
+    assert victim.exitcode == -signal.SIGKILL, _forked.tail(crashed / "victim.log")
     assert not (crashed / "out" / "result.json").exists()
-    _run([*_cmd(crashed), *common])  # the same command, no kill
+    _in_process([*_cmd(crashed), *common])  # the same command, no kill
 
     a = json.loads((clean / "out" / "result.json").read_text())
     b = json.loads((crashed / "out" / "result.json").read_text())

@@ -293,38 +293,41 @@ def test_preference_methods_train_a_lora_adapter(tmp_path, method):
         assert any("rewards/chosen" in m or "eval_rewards/chosen" in m for _, m in logs), logs
 
 
-def test_dpo_full_weights_from_an_sft_adapter(tmp_path):
+@pytest.fixture(scope="module")
+def sft_adapter(tmp_path_factory):
+    """A one-step SFT LoRA adapter (r=4) on the chat tokenizer, trained once for the DPO tests that
+    start from one; they only read it."""
+    d = tmp_path_factory.mktemp("sft")
+    _run(d, tiny_cfg(method="lora", max_steps=1, learning_rate=1e-2, lora={"r": 4}), tok=_chat_tokenizer())
+    return d / "out"
+
+
+def test_dpo_full_weights_from_an_sft_adapter(tmp_path, sft_adapter):
     """DPO can start from an SFT adapter directory (merged into the base for full-weight DPO)."""
-    tok = _chat_tokenizer()
-    sft_dir = tmp_path / "sft"
-    _run(sft_dir, tiny_cfg(method="lora", max_steps=1, learning_rate=1e-2), tok=tok)
     cfg = tiny_cfg(
         method="dpo",
         adapter="none",
         max_steps=1,
         batch_size=2,
-        preference={"reference_model": str(sft_dir / "out")},
+        preference={"reference_model": str(sft_adapter)},
     )
-    result, _ = _run(tmp_path, cfg, data=_preference_records(), tok=tok)
+    result, _ = _run(tmp_path, cfg, data=_preference_records(), tok=_chat_tokenizer())
     assert (tmp_path / "out" / "model.safetensors").is_file()
-    assert load_summary(tmp_path / "out")["start_adapter"] == str(sft_dir / "out")
+    assert load_summary(tmp_path / "out")["start_adapter"] == str(sft_adapter)
     assert result.metrics["trainable_fraction"] == 1.0
 
 
-def test_dpo_continues_an_sft_adapter(tmp_path):
-    tok = _chat_tokenizer()
-    sft_dir = tmp_path / "sft"
-    _run(sft_dir, tiny_cfg(method="lora", max_steps=1, learning_rate=1e-2, lora={"r": 4}), tok=tok)
-    before = load_file(sft_dir / "out" / "adapter_model.safetensors")
+def test_dpo_continues_an_sft_adapter(tmp_path, sft_adapter):
+    before = load_file(sft_adapter / "adapter_model.safetensors")
     cfg = tiny_cfg(
         method="dpo",
         max_steps=2,
         batch_size=2,
         learning_rate=1e-2,
         warmup_ratio=0,
-        preference={"reference_model": str(sft_dir / "out")},
+        preference={"reference_model": str(sft_adapter)},
     )
-    _run(tmp_path, cfg, data=_preference_records(), tok=tok)
+    _run(tmp_path, cfg, data=_preference_records(), tok=_chat_tokenizer())
     after = load_file(tmp_path / "out" / "adapter_model.safetensors")
     assert set(after) == set(before), "one adapter (not TRL's frozen 'ref' copy) is the artifact"
     assert any(not torch.equal(after[k], before[k]) for k in after)

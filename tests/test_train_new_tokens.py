@@ -72,7 +72,7 @@ def _pretrained_base(root: Path, tied: bool) -> Path:
             "data": {"path": "unused.jsonl"},
             "train": {
                 "method": "cpt",
-                "max_steps": 60,
+                "max_steps": 4,  # a saved, trained model is what matters, not how much it knows
                 "batch_size": 8,
                 "learning_rate": 3e-3,
                 "save_steps": 1000,
@@ -96,7 +96,7 @@ def _sft_cfg(base: Path, **train_overrides) -> ProjectConfig:
             "tokenize": {"max_length": 64},
             "train": {
                 "method": "lora",
-                "max_steps": 80,
+                "max_steps": 40,
                 "batch_size": 6,
                 "learning_rate": 5e-3,
                 "warmup_ratio": 0,
@@ -190,8 +190,9 @@ def test_lora_trains_the_rows_of_added_control_tokens_and_learns_to_stop(tmp_pat
 
     # The trained rows are what the adapter restores, not a new random draw: the reloaded model
     # closes every training answer with the end-of-turn token. Teacher-forced it is the top
-    # choice where the turn ends (by a logit margin of ~8 here), and greedy decoding from each
-    # training prompt ends with it. Which answer comes first is not checked: not the point here.
+    # choice where the turn ends (by a logit margin of ~5 after 40 steps, ~10 after 80), and
+    # greedy decoding from each training prompt ends with it. Which answer comes first is not
+    # checked: not the point here.
     model = reloaded()
     tok_out = load_tokenizer(cfg.model.model_copy(update={"tokenizer": str(out)}))
     for q, a in QA:

@@ -244,3 +244,17 @@ def rollback_command(
         registry_uri=uri,
     )
     return f"{name}: {result.message}"
+
+
+def champion_version(name: str, *, config_path: str | None = None) -> str | None:
+    """The version holding @champion (`registry.alias`) now, or None: what ZenML's production
+    stage mirrors after a manual promote or rollback."""
+    from mlflow.exceptions import MlflowException
+
+    uri, reg = registry_target(config_path)
+    try:
+        return str(_client(uri).get_model_version_by_alias(name, _aliases(reg).champion).version)
+    except MlflowException as e:
+        if e.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        return None

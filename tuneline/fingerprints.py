@@ -61,3 +61,16 @@ def local_inputs_fingerprint(cfg: ProjectConfig) -> str:
                 p = Path(dirpath, name)
                 _hash_path(h, p, str(p.relative_to(root)))
     return h.hexdigest()[:16]
+
+
+def directory_fingerprint(root: str | os.PathLike[str]) -> str:
+    """One directory's files (names and content), hashed as `local_inputs_fingerprint` hashes
+    each local input: an edited model directory at the same path gets a new fingerprint."""
+    h = hashlib.sha256()
+    root = Path(root)
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            p = Path(dirpath, name)
+            _hash_path(h, p, str(p.relative_to(root)))
+    return h.hexdigest()[:16]

@@ -129,12 +129,14 @@ def download_model_version(client: Any, uri: str, cache_root: str) -> str:
     name, _, version = parse_model_uri(pin_model_uri(client, uri))
     dest = os.path.join(cache_root, name.replace("/", "_"), str(version))
     if os.path.exists(os.path.join(dest, ".complete")):
-        return dest
+        return hf_model_dir(dest)
     mv = client.get_model_version(name, version)
     os.makedirs(cache_root, exist_ok=True)
     tmp = tempfile.mkdtemp(dir=cache_root, prefix=".download-")
     try:
-        local = download_artifacts(artifact_uri=mv.source, dst_path=tmp)
+        # The client's store, not whichever one is global: a server's mlflow-artifacts:/ source
+        # resolves against it (`run.py generate --config` sets no MLFLOW_TRACKING_URI).
+        local = download_artifacts(artifact_uri=mv.source, dst_path=tmp, tracking_uri=client.tracking_uri)
         open(os.path.join(local, ".complete"), "w").close()
         shutil.rmtree(dest, ignore_errors=True)
         os.makedirs(os.path.dirname(dest), exist_ok=True)
@@ -204,6 +206,10 @@ def resolve_model_ref(ref: str, *, tracking_uri: str, cache_root: str) -> tuple[
         raise UserError(f"--model {ref}: {e}") from e
 
 
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+
+
 def ensure_experiment(tracking_uri: str, name: str, artifact_root: str) -> None:
     """Create the experiment with its artifacts under `artifact_root` if it does not exist.
 
@@ -220,4 +226,8 @@ def ensure_experiment(tracking_uri: str, name: str, artifact_root: str) -> None:
     if client.get_experiment_by_name(name) is None:
         location = Path(artifact_root, name).resolve()
         location.mkdir(parents=True, exist_ok=True)
-        client.create_experiment(name, artifact_location=location.as_uri())
+        # The MLflow 3 UI shows a model-training experiment as runs with metric charts (it would
+        # otherwise guess, and may settle on its GenAI layout of traces and evaluations).
+        client.create_experiment(
+            name, artifact_location=location.as_uri(), tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+        )

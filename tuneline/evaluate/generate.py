@@ -16,6 +16,7 @@ from typing import Any
 from tuneline.config import ModelConfig, ProjectConfig, TokenizeConfig
 from tuneline.data.records import Record
 from tuneline.errors import ConfigError, Problem
+from tuneline.report.progress import ProgressLine
 from tuneline.tokenize import (
     IGNORE_INDEX,
     TokenizedSplit,
@@ -102,43 +103,59 @@ def generate_answers(
     tokenize_cfg: TokenizeConfig | None = None,
 ) -> GenerationResult:
     """Greedy answers to held-out prompts, rendered and encoded exactly as training renders a prompt."""
-    import torch
-
     pairs = [(*pr, r.meta) for r in records if (pr := prompt_and_reference(r)) is not None]
     out = GenerationResult()
     if not pairs:
         return out
-    device = next(model.parameters()).device
     model.eval()
-    stop = list(stop_token_ids or [])
-    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in stop:
-        stop.append(tokenizer.eos_token_id)
+    stop = stop_ids(tokenizer, stop_token_ids)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop[0]
+    progress = ProgressLine("eval generate", len(pairs), unit="prompts", show_rate=True)
     for i in range(0, len(pairs), batch_size):
         chunk = pairs[i : i + batch_size]
         texts, encoded = encode_prompts(
             tokenizer, [msgs for msgs, _, _ in chunk], tokenize_cfg, metas=[meta for _, _, meta in chunk]
         )
-        width = max(len(e) for e in encoded)
-        # Left padding so every prompt ends where generation starts.
-        ids = torch.tensor([[pad_id] * (width - len(e)) + e for e in encoded], device=device)
-        mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=device)
-        with torch.no_grad():
-            gen = model.generate(
-                input_ids=ids,
-                attention_mask=mask,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                eos_token_id=stop,
-                pad_token_id=pad_id,
-            )
-        for (msgs, ref, _), text, row in zip(chunk, texts, gen[:, width:].tolist(), strict=True):
-            cut = next((k for k, t in enumerate(row) if t in stop), len(row))
+        rows = generate_batch(
+            model, encoded, pad_id=pad_id, stop=stop, max_new_tokens=max_new_tokens, do_sample=False
+        )
+        for (msgs, ref, _), text, (row, cut) in zip(chunk, texts, rows, strict=True):
             out.predictions.append(tokenizer.decode(row[:cut], skip_special_tokens=True).strip())
             out.references.append(ref)
             out.prompts.append(text)
             out.questions.append(str(msgs[-1].get("content", "")) if msgs else "")
+        progress.update(len(out.predictions))
+    progress.finish()
     return out
+
+
+def stop_ids(tokenizer: Any, stop_token_ids: list[int] | None) -> list[int]:
+    """The end-of-turn ids, plus EOS: generation stops at whichever the model writes first."""
+    stop = list(stop_token_ids or [])
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in stop:
+        stop.append(tokenizer.eos_token_id)
+    return stop
+
+
+def generate_batch(
+    model: Any, encoded: list[list[int]], *, pad_id: int, stop: list[int], **generate_kwargs: Any
+) -> list[tuple[list[int], int | None]]:
+    """Generate after each encoded prompt; per prompt, (the new token ids, the index of the stop
+    token in them or None when the answer ran out of tokens). Evaluation and the serving commands
+    both generate here, so `run.py generate` answers exactly what evaluation scored."""
+    import torch
+
+    device = next(model.parameters()).device
+    width = max(len(e) for e in encoded)
+    # Left padding so every prompt ends where generation starts.
+    ids = torch.tensor([[pad_id] * (width - len(e)) + e for e in encoded], device=device)
+    mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=device)
+    with torch.no_grad():
+        gen = model.generate(
+            input_ids=ids, attention_mask=mask, eos_token_id=stop, pad_token_id=pad_id, **generate_kwargs
+        )
+    rows = gen[:, width:].tolist()
+    return [(row, next((k for k, t in enumerate(row) if t in stop), None)) for row in rows]
 
 
 def default_device() -> str:

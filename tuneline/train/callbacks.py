@@ -10,6 +10,7 @@
   checkpoint, so a resumed run can still hand back the weights from before it overfit.
 - `DurableCheckpoints` commits each checkpoint the Trainer wrote into staging: manifest,
   atomic rename, rotation, `on_checkpoint`.
+- `TrainProgress` (`tuneline.train.progress`) prints one updating progress line.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from tuneline.train import checkpoints as ckpts
 from tuneline.train.guards import NonFiniteLossError
+from tuneline.train.progress import TrainProgress
 
 if TYPE_CHECKING:
     from tuneline.train.recipe import LogMetrics
@@ -315,6 +317,7 @@ def run_callbacks(
     callbacks: list[Any] = [
         ForwardMetrics(log_metrics),
         NonFiniteGuard(probe, log_metrics, check_grads=precision != "fp16"),
+        TrainProgress(probe),  # one progress line instead of the Trainer's printed dicts
     ]
     if best is not None:
         callbacks += [EarlyStopping(early_stopping_patience=patience), best]

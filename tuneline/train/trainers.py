@@ -131,11 +131,16 @@ def build_trainer(
     callbacks: list[Any],
     probe: StepProbe,
 ) -> Any:
+    from transformers.trainer_callback import PrinterCallback
+
     if cfg.train.is_preference:
         trainer = _preference_trainer(cfg, tokenizer, data, built, precision, staging, callbacks)  # type: ignore[arg-type]
     else:
         trainer = _sft_trainer(cfg, tokenizer, data, built, precision, staging, callbacks)  # type: ignore[arg-type]
     trainer.tl_probe = probe
+    # Progress is one line (TrainProgress among `callbacks`); the Trainer's printer would add a
+    # raw dict per log event (it replaces the tqdm bar under disable_tqdm).
+    trainer.remove_callback(PrinterCallback)
     return trainer
 
 
