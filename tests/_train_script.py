@@ -3,8 +3,8 @@
 The kill-and-resume tests SIGKILL it mid-run and run it again; the DDP test launches it
 with torchrun; the collision test runs one while another trains against the same
 artifact-store root (`--store`: the checkpoint directory comes from steps/_training.py as in
-the pipeline). Tests that need no separate process call `main(argv)` in-process (no
-interpreter start-up); it pins torch to one thread, so restore the count after.
+the pipeline). tests/_train_runs.py runs `main(argv)` in the test process or in a child forked
+from it, without the seconds of a new interpreter's imports.
 It also provides the tiny config/data builders the in-process tests share, so every test
 trains the same model.
 

@@ -1,8 +1,8 @@
 """`python run.py models | promote | rollback` against a real SQLite MLflow store in tmp: the
 versions are registered by the registry package exactly as the register step does it.
 
-Most commands run in this process through `run.main` (the script's own entry); the last tests
-run the script in a subprocess, MLflow queries included."""
+Commands run in this process through `run.main` (the script's own entry); the last test runs
+the script itself in a subprocess."""
 
 from __future__ import annotations
 
@@ -91,7 +91,7 @@ def run_py(home: Path, *args: str) -> subprocess.CompletedProcess:
 def cli(monkeypatch, capsys):
     """run_py in this process, through `run.main` (what the script runs): the same arguments,
     environment, exit code and output, without a fresh interpreter importing MLflow (seconds a
-    command). The subprocess tests at the end keep the script itself covered."""
+    command). The subprocess test at the end keeps the script itself covered."""
     monkeypatch.syspath_prepend(str(ROOT))
     import run
 
@@ -170,23 +170,23 @@ def test_rollback_without_previous_champion_names_the_promote_command(home, cli)
     assert "python run.py promote cli-model <version> --reason" in r.stderr
 
 
-# Through the script in a subprocess, as a user runs it.
-
-
-def test_missing_store_exits_2_without_creating_one(tmp_path):
-    r = run_py(tmp_path / "empty-home", "models", "cli-model")
-    assert r.returncode == 2 and "no MLflow store at" in r.stderr
-    assert not (tmp_path / "empty-home" / "mlflow.db").exists()
-
-
-def test_config_selects_the_tracking_store_and_alias(home, tmp_path):
+def test_config_selects_the_tracking_store_and_alias(home, cli, tmp_path):
     """--config: its tracking URI wins over TUNELINE_HOME, its registry.metric picks the columns."""
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(
         (ROOT / "configs" / "sft.yaml").read_text()
         + f"\ntracking:\n  mlflow_tracking_uri: sqlite:///{home / 'mlflow.db'}\n"
     )
-    r = run_py(tmp_path / "elsewhere", "models", "cli-model", "--config", str(cfg))
+    r = cli(tmp_path / "elsewhere", "models", "cli-model", "--config", str(cfg))
     assert r.returncode == 0, r.stderr
     header = next(line for line in r.stdout.splitlines() if line.startswith("version"))
     assert header.split()[:4] == ["version", "aliases", "created", "(UTC)"] and "rougeL" in header
+
+
+# Through the script in a subprocess, as a user runs it: exit status and stderr of a real process.
+
+
+def test_missing_store_exits_2_without_creating_one(tmp_path):
+    r = run_py(tmp_path / "empty-home", "models", "cli-model")
+    assert r.returncode == 2 and "no MLflow store at" in r.stderr
+    assert not (tmp_path / "empty-home" / "mlflow.db").exists()

@@ -1,9 +1,9 @@
 """Crash-and-rerun: a SIGKILLed run resumes from its last verified checkpoint, bit for bit.
 
 Only the run that gets killed is a separate process (a SIGKILL needs one), forked from this
-one (tests/_forked.py: no interpreter start-up). The uninterrupted run and the rerun are the
-very same command run in this process through the script's own `main()`, the uninterrupted
-one while the victim trains.
+one; the uninterrupted run and the rerun are the very same command run in this process through
+the script's own `main()`, the uninterrupted one while the victim trains (tests/_train_runs.py:
+no interpreter start-up for any of them).
 
 Also the DDP check (slow tier): two CPU processes under torchrun (gloo) train the same
 steps as one process with gradient accumulation, and only rank 0 writes.
@@ -25,7 +25,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests import _forked
+from tests import _train_runs
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "tests" / "_train_script.py"
@@ -51,22 +51,14 @@ def _run(cmd: list[str], timeout: float = 120) -> None:
 
 
 def _in_process(cmd: list[str]) -> None:
-    """`cmd` (a `_cmd` command line) run in this process. main() pins torch to one thread, as in
-    every process that runs it, so all the runs compute bit for bit the same; restored after."""
-    from tests._train_script import main
-
     assert cmd[:2] == [sys.executable, str(SCRIPT)]
-    threads = torch.get_num_threads()
-    try:
-        assert main(cmd[2:]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    _train_runs.in_process(cmd[2:])
 
 
 def _start(cmd: list[str], d: Path) -> multiprocessing.Process:
     """The victim: `cmd` in a child forked from this process, its output in d/victim.log."""
     d.mkdir(parents=True, exist_ok=True)
-    return _forked.start(cmd[2:], d / "victim.log")
+    return _train_runs.forked(cmd[2:], d / "victim.log")
 
 
 class _KillOnceExists(threading.Thread):
@@ -111,7 +103,7 @@ def test_kill9_mid_run_then_rerun_resumes_and_matches_uninterrupted(tmp_path):
         if victim.is_alive():
             victim.kill()
         victim.join()
-    log = _forked.tail(crashed / "victim.log")
+    log = _train_runs.tail(crashed / "victim.log")
     assert watcher.killed, f"victim ended ({victim.exitcode}) or stalled first: {log}"
     assert victim.exitcode == -signal.SIGKILL
     assert not (crashed / "out" / "result.json").exists(), "killed before it finished"
@@ -168,7 +160,7 @@ def test_kill9_then_resume_keeps_the_early_stopping_decision(tmp_path):
         if victim.is_alive():
             victim.kill()
             victim.join()
-    assert victim.exitcode == -signal.SIGKILL, _forked.tail(crashed / "victim.log")
+    assert victim.exitcode == -signal.SIGKILL, _train_runs.tail(crashed / "victim.log")
     assert not (crashed / "out" / "result.json").exists()
     _in_process([*_cmd(crashed), *common])  # the same command, no kill
 

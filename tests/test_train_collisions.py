@@ -6,11 +6,11 @@ cleanup deleted the other's files mid-write (FileNotFoundError in `.staging/...`
 checkpoint directory is now keyed by the run identity (steps/_training.py), so each run has
 its own directory, its own `.staging`, and discards only its own checkpoints.
 
-One run is a separate process, slowed down, forked from this one (tests/_forked.py: no
-interpreter start-up); the other is the same script's `main()` in this process, started once
-the first has logged its first step: its start-up cleanup and its first checkpoints land while
-the first run still has seven steps of 0.25 s to go, by construction rather than by the luck of
-two start-ups.
+One run is a separate process, slowed down, forked from this one; the other is the same
+script's `main()` in this process (tests/_train_runs.py: no interpreter start-up for either),
+started once the first has logged its first step: its start-up cleanup and its first
+checkpoints land while the first run still has seven steps of 0.25 s to go, by construction
+rather than by the luck of two start-ups.
 """
 
 from __future__ import annotations
@@ -19,10 +19,7 @@ import json
 import time
 from pathlib import Path
 
-import torch
-
-from tests import _forked
-from tests._train_script import main as train_script
+from tests import _train_runs
 from tests._train_script import tiny_cfg
 from tuneline.train import checkpoints as ckpts
 
@@ -33,15 +30,6 @@ def _args(d: Path, store: Path, seed: int) -> list[str]:
         "--steps", "8", "--save-steps", "2", "--seed", str(seed), "--resume", "never",
         "--store", str(store),
     ]  # fmt: skip
-
-
-def _in_process(args: list[str]) -> None:
-    """main() pins torch to one thread (repeatable kernels in every process); restored after."""
-    threads = torch.get_num_threads()
-    try:
-        assert train_script(args) == 0
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _files(ckpt_dir: Path) -> dict[str, str]:
@@ -57,20 +45,20 @@ def test_two_seeds_started_together_both_finish_in_their_own_directories(tmp_pat
         d.mkdir()
     # Seed 12 in its own process, 0.25 s per step: about two seconds of training.
     log = runs[12] / "run.log"
-    other = _forked.start([*_args(runs[12], store, 12), "--sleep", "0.25"], log)
+    other = _train_runs.forked([*_args(runs[12], store, 12), "--sleep", "0.25"], log)
     try:
         deadline = time.monotonic() + 240
         while not (runs[12] / "metrics.jsonl").exists():  # it has trained a step
-            assert other.is_alive(), _forked.tail(log)
+            assert other.is_alive(), _train_runs.tail(log)
             assert time.monotonic() < deadline, "seed 12 never started training"
             time.sleep(0.02)
-        _in_process(_args(runs[11], store, 11))
+        _train_runs.in_process(_args(runs[11], store, 11))
         other.join(timeout=240)
     finally:
         if other.is_alive():
             other.kill()
             other.join()
-    assert other.exitcode == 0, f"seed 12: {_forked.tail(log)}"
+    assert other.exitcode == 0, f"seed 12: {_train_runs.tail(log)}"
 
     results = {seed: json.loads((d / "out" / "result.json").read_text()) for seed, d in runs.items()}
     dirs = {seed: Path(r["checkpoint_dir"]) for seed, r in results.items()}
@@ -86,6 +74,6 @@ def test_two_seeds_started_together_both_finish_in_their_own_directories(tmp_pat
 
     # Starting seed 11 over (resume=never) discards its own checkpoints only.
     before = _files(dirs[12])
-    _in_process(_args(runs[11], store, 11))
+    _train_runs.in_process(_args(runs[11], store, 11))
     assert json.loads((runs[11] / "out" / "result.json").read_text())["resumed_from"] is None
     assert _files(dirs[12]) == before, "the other run's checkpoints are untouched"

@@ -61,7 +61,10 @@ def _bin(name: str) -> Path | None:
 
 
 def port_free(port: int) -> bool:
+    """Nothing listens on `port`. SO_REUSEADDR, as the servers themselves bind: connections in
+    TIME_WAIT after a server stopped do not make the port busy."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((HOST, port))
         except OSError:
