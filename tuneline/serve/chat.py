@@ -151,9 +151,12 @@ def load_chat_model(model_dir: str | Path, cfg: ProjectConfig | None = None) -> 
     an adapter goes on the exact base its training recorded. `cfg` (a project config) decides
     dtype, attention, trust_remote_code, tokenize settings and where relative paths resolve;
     without it the directory's `tuneline_serve.json` does."""
+    from transformers.utils import logging as hf_logging
+
     from tuneline.evaluate.generate import load_trained_model, stop_ids
     from tuneline.tokenize import end_of_turn_token_ids
 
+    hf_logging.disable_progress_bar()  # a chat answers on stdout; no "Loading weights" bar before it
     model_dir = str(model_dir)
     cfg = cfg or serving_config(model_dir)
     tokenizer = own_tokenizer(model_dir, cfg)
