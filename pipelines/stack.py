@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from tuneline.errors import ConfigError, Problem, TunelineError
+from tuneline.errors import ConfigError, Problem
 from tuneline.home import artifact_store_dir, redact_uri, tuneline_home, zenml_config_dir
 
 log = logging.getLogger("tuneline")
@@ -149,22 +149,14 @@ def bootstrap_lock(timeout_s: float = BOOTSTRAP_LOCK_TIMEOUT_S) -> Iterator[None
     components and the MLflow experiment are created twice (unique names). The lock is held
     only for that setup; the pipelines themselves run concurrently.
     """
-    from filelock import FileLock, Timeout
+    from tuneline.registry.lock import held_file_lock
 
-    path = tuneline_home() / BOOTSTRAP_LOCK
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(path), timeout=timeout_s)
-    try:
-        lock.acquire()
-    except Timeout as e:
-        raise TunelineError(
-            f"waited {timeout_s:.0f} s for {path}: another tuneline run in this TUNELINE_HOME is "
-            "setting up its stack and has not finished; if none is running, delete the lock file"
-        ) from e
-    try:
+    with held_file_lock(
+        tuneline_home() / BOOTSTRAP_LOCK,
+        timeout_s,
+        "another tuneline run in this TUNELINE_HOME is setting up its stack",
+    ):
         yield
-    finally:
-        lock.release()
 
 
 def ensure_stack(tracking_uri: str) -> str:

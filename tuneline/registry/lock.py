@@ -50,12 +50,8 @@ def lock_path(registry_uri: str) -> Path | None:
 
 
 @contextmanager
-def registry_lock(registry_uri: str, timeout_s: float = DEFAULT_LOCK_TIMEOUT_S) -> Iterator[bool]:
-    """Hold the store's decision lock; yields True if it serialises, False where none exists (servers)."""
-    path = lock_path(registry_uri)
-    if path is None:
-        yield False
-        return
+def held_file_lock(path: Path, timeout_s: float, waiting_for: str) -> Iterator[None]:
+    """Hold an inter-process file lock; a timeout is one error naming the lock and what holds it."""
     from filelock import FileLock, Timeout
 
     from tuneline.errors import TunelineError
@@ -66,13 +62,24 @@ def registry_lock(registry_uri: str, timeout_s: float = DEFAULT_LOCK_TIMEOUT_S) 
         lock.acquire()
     except Timeout as e:
         raise TunelineError(
-            f"waited {timeout_s:.0f} s for the registry lock {path}: another tuneline process is deciding "
-            "a promotion and has not finished; if none is running, delete the lock file"
+            f"waited {timeout_s:.0f} s for {path}: {waiting_for} and has not finished; "
+            "if none is running, delete the lock file"
         ) from e
     try:
-        yield True
+        yield
     finally:
         lock.release()
+
+
+@contextmanager
+def registry_lock(registry_uri: str, timeout_s: float = DEFAULT_LOCK_TIMEOUT_S) -> Iterator[bool]:
+    """Hold the store's decision lock; yields True if it serialises, False where none exists (servers)."""
+    path = lock_path(registry_uri)
+    if path is None:
+        yield False
+        return
+    with held_file_lock(path, timeout_s, "another tuneline process is deciding a promotion (registry lock)"):
+        yield True
 
 
 TRANSIENT = (
