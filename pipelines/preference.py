@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from zenml import pipeline
 
+from pipelines._data import format_for, load
 from steps.evaluate_preferences import evaluate_preferences
-from steps.format_records import format_records
-from steps.load_dataset import load_dataset
 from steps.register_model import register_model
 from steps.train_preferences import train_preferences
 from tuneline.config import EvalStage, PipelineConfig, TrainStage
@@ -18,19 +17,8 @@ from tuneline.config import EvalStage, PipelineConfig, TrainStage
 
 @pipeline(name="tuneline_preference")
 def preference_pipeline(config: PipelineConfig, fingerprints: dict[str, str]) -> None:
-    dataset = load_dataset(
-        data_config=config.data,
-        base_dir=config.base_dir,
-        source_fingerprint=fingerprints["data"],
-        kind=config.kind,
-    )
-    chat_template, _ = format_records(
-        dataset=dataset,
-        model_config=config.model,
-        template_config=config.template,
-        base_dir=config.base_dir,
-        local_files_fingerprint=fingerprints["local_files"],
-    )
+    dataset = load(config, fingerprints)
+    chat_template = format_for(dataset, config, fingerprints)
     model = train_preferences(
         dataset=dataset,
         chat_template=chat_template,
