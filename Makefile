@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.tuneline-installed
 
-.PHONY: setup run test test-all lint format clean
+.PHONY: setup run test test-all lint format clean bench
 
 setup: $(STAMP)
 
@@ -35,6 +35,10 @@ test: lint
 # Everything, including the slow tier (gpu tests skip themselves without CUDA).
 test-all: lint
 	$(PY) -m pytest -q
+
+# Training speed side by side (seed recipe, TRL, TRL packing, tuneline): benchmarks/README.md.
+bench: setup
+	$(PY) benchmarks/run.py --scale cpu --repeats 2
 
 clean:
 	rm -rf .tuneline .pytest_cache .ruff_cache

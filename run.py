@@ -10,6 +10,10 @@
     python run.py chat --model REF [--system TEXT]                              models:/NAME/N or a directory)
     python run.py export --model REF --out DIR [--merge]                     a Hugging Face / PEFT directory
     python run.py dashboard [--mlflow-port 5000] [--zenml-port 8237] [--no-zenml]   MLflow + ZenML UIs, Ctrl-C stops
+    python run.py --config C --stack configs/stacks/X.yaml [--schedule CRON] [--dry-run [--json]]   on a cloud stack
+    python run.py stack register configs/stacks/X.yaml [--name N] [--replace]   the recipe's stack in ZenML
+    python run.py schedules [--config C] [--delete NAME [--zenml-only]]   ZenML schedules; delete one and its job
+    python run.py sweep --config C --sweep S [--trials N] [--storage URL] [--set K=V]   Optuna search, best registered
 
 The registry commands use the store a run writes to: --config's tracking.mlflow_tracking_uri,
 else MLFLOW_TRACKING_URI, else the SQLite file in TUNELINE_HOME.
@@ -28,22 +32,32 @@ import sys
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="run.py", description="Fine-tune an LLM with a tracked ZenML pipeline.")
     p.add_argument("--config", required=True, help="project YAML, e.g. configs/sft.yaml")
+    add_override_options(p, example="train.learning_rate=1e-4")
+    p.add_argument("--dry-run", action="store_true", help="validate config and data, print the plan, stop")
+    p.add_argument("--preview", type=int, metavar="N", help="print N tokenized examples and exit")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="with --preview: one JSON object per line; with --stack --dry-run: one JSON object",
+    )
+    add_stack_options(p)
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p.parse_args(argv)
+
+
+def add_override_options(p: argparse.ArgumentParser, example: str) -> None:
+    """`--set KEY=VALUE` and `--no-cache`, the same on every command that runs a pipeline."""
     p.add_argument(
         "--set",
         dest="overrides",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a config key, e.g. --set train.learning_rate=1e-4 (repeatable)",
+        help=f"override a config key, e.g. --set {example} (repeatable)",
     )
     p.add_argument(
         "--no-cache", action="store_true", help="re-run every step even if its inputs are unchanged"
     )
-    p.add_argument("--dry-run", action="store_true", help="validate config and data, print the plan, stop")
-    p.add_argument("--preview", type=int, metavar="N", help="print N tokenized examples and exit")
-    p.add_argument("--json", action="store_true", help="with --preview: one JSON object per line")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    return p.parse_args(argv)
 
 
 def add_registry_commands(sub: argparse._SubParsersAction) -> None:
@@ -110,17 +124,7 @@ def add_evaluate_command(sub: argparse._SubParsersAction) -> None:
         metavar="REF",
         help="models:/NAME@alias, models:/NAME/VERSION or a local model directory",
     )
-    ev.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key, e.g. --set eval.max_samples=16 (repeatable)",
-    )
-    ev.add_argument(
-        "--no-cache", action="store_true", help="re-run every step even if its inputs are unchanged"
-    )
+    add_override_options(ev, example="eval.max_samples=16")
     ev.set_defaults(handler=run_evaluate_command)
 
 
@@ -183,9 +187,94 @@ def run_dashboard_command(args: argparse.Namespace) -> None:
     )
 
 
+def add_schedules_command(sub: argparse._SubParsersAction) -> None:
+    """`schedules`: list the ZenML schedules, or delete one with its orchestrator job (pipelines/schedules.py)."""
+    cmd = sub.add_parser("schedules", help="list ZenML schedules; --delete NAME removes one and its cron job")
+    cmd.add_argument("--config", help="project YAML: only the schedules of its pipelines")
+    cmd.add_argument(
+        "--delete", metavar="NAME", help="delete this schedule and the orchestrator job that fires it"
+    )
+    cmd.add_argument(
+        "--zenml-only",
+        action="store_true",
+        help="with --delete: the job is gone already; drop ZenML's record",
+    )
+    cmd.set_defaults(handler=run_schedules_command)
+
+
+def run_schedules_command(args: argparse.Namespace) -> str:
+    from pipelines.schedules import schedules_command
+
+    return schedules_command(delete=args.delete, zenml_only=args.zenml_only, config_path=args.config)
+
+
+def add_sweep_command(sub: argparse._SubParsersAction) -> None:
+    """`sweep`: an Optuna study over config keys, then the best values through the normal pipeline."""
+    cmd = sub.add_parser(
+        "sweep", help="hyperparameter search (Optuna); registers only the best trial's model"
+    )
+    cmd.add_argument("--config", required=True, help="project YAML, e.g. configs/sft.yaml")
+    cmd.add_argument("--sweep", required=True, help="sweep YAML, e.g. configs/sweeps/lorekeep-lr.yaml")
+    cmd.add_argument(
+        "--trials", type=int, help="finished trials to run the study up to (default: the file's)"
+    )
+    cmd.add_argument("--storage", help="study database URL (default: SQLite in TUNELINE_HOME)")
+    cmd.add_argument("--study", help="study name (default: the sweep file's study_name or file name)")
+    add_override_options(cmd, example="train.max_steps=60")
+    cmd.set_defaults(handler=run_sweep_command)
+
+
+def run_sweep_command(args: argparse.Namespace) -> str:
+    from pipelines.sweep import format_sweep, run_sweep
+
+    result = run_sweep(
+        args.config,
+        args.sweep,
+        overrides=args.overrides,
+        trials=args.trials,
+        storage=args.storage,
+        study_name=args.study,
+        enable_cache=not args.no_cache,
+    )
+    return format_sweep(result)
+
+
+def add_stack_options(p: argparse.ArgumentParser) -> None:
+    """`--stack RECIPE`, `--schedule CRON`, `--timezone TZ` on the main command (pipelines/cloud.py)."""
+    p.add_argument("--stack", metavar="RECIPE", help="a stack recipe, e.g. configs/stacks/vertex-gpu.yaml")
+    p.add_argument("--schedule", metavar="CRON", help='run on a cron schedule on --stack, e.g. "0 3 * * 1"')
+    p.add_argument("--timezone", metavar="TZ", help="with --schedule on this machine: the crontab's CRON_TZ")
+
+
+def add_stack_command(sub: argparse._SubParsersAction) -> None:
+    """`stack register RECIPE [--name N] [--replace]`: a recipe's components and stack in ZenML."""
+    cmd = sub.add_parser("stack", help="register a stack recipe (configs/stacks/*.yaml) with ZenML")
+    verbs = cmd.add_subparsers(dest="stack_command", required=True)
+    reg = verbs.add_parser("register", help="create the recipe's components and stack; never prompts")
+    reg.add_argument("recipe", help="e.g. configs/stacks/kubernetes-gpu.yaml")
+    reg.add_argument("--name", help="stack name (default: the recipe's name)")
+    reg.add_argument("--replace", action="store_true", help="recreate the stack and components if they exist")
+    reg.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    cmd.set_defaults(handler=run_stack_command)
+
+
+def run_stack_command(args: argparse.Namespace) -> str:
+    from pipelines.cloud import register_command
+
+    return register_command(args.recipe, name=args.name, replace=args.replace)
+
+
 # Each group adds its subcommands; a subcommand's `handler(args)` returns the text to print
 # (or None when it printed as it went) and raises UserError for bad input (exit 2).
-COMMAND_GROUPS = [add_registry_commands, add_evaluate_command, add_model_commands, add_dashboard_command]
+COMMAND_GROUPS = [
+    add_registry_commands,
+    add_evaluate_command,
+    add_model_commands,
+    add_dashboard_command,
+    add_schedules_command,
+    add_sweep_command,
+    add_stack_command,
+]
 
 
 def parse_command_args(argv: list[str]) -> argparse.Namespace:
@@ -238,6 +327,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(line)
             return 0
         fingerprints, records = preflight(cfg)
+        if args.stack or args.schedule:
+            from pipelines.cloud import cloud_command
+
+            print(cloud_command(cfg, fingerprints, **_cloud_args(args), argv=argv))
+            return 0
         if args.dry_run:
             print(dry_run(cfg, records, fingerprints))
             return 0
@@ -255,6 +349,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {user_error}", file=sys.stderr)
             return user_error.exit_code
         raise
+
+
+def _cloud_args(args: argparse.Namespace) -> dict:
+    return {
+        "stack": args.stack,
+        "schedule": args.schedule,
+        "timezone": args.timezone,
+        "dry_run": args.dry_run,
+        "as_json": args.json,
+        "enable_cache": not args.no_cache,
+    }
 
 
 def _setup_logging(verbose: bool) -> None:

@@ -1,16 +1,22 @@
-"""The data steps every pipeline starts with, wired once: load -> format -> tokenize.
+"""The steps every pipeline shares, wired once: load -> format -> tokenize, then train -> evaluate.
 
-Plain functions called inside a `@pipeline` body, so each pipeline states only where it differs.
+Plain functions called inside a `@pipeline` body, so each pipeline (the plain ones, the gated
+retraining ones, a sweep trial) states only where it differs: what comes before, and whether
+the model is registered.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from steps.evaluate_model import evaluate_model
+from steps.evaluate_preferences import evaluate_preferences
 from steps.format_records import format_records
 from steps.load_dataset import load_dataset
 from steps.tokenize_dataset import tokenize_dataset
-from tuneline.config import PipelineConfig
+from steps.train_model import train_model
+from steps.train_preferences import train_preferences
+from tuneline.config import EvalStage, PipelineConfig, TrainStage
 
 
 def load(config: PipelineConfig, fingerprints: dict[str, str]) -> Any:
@@ -43,3 +49,32 @@ def tokenize(dataset: Any, chat_template: Any, config: PipelineConfig) -> Any:
         tokenize_config=config.tokenize,
         base_dir=config.base_dir,
     )
+
+
+def train_and_evaluate(dataset: Any, config: PipelineConfig, fingerprints: dict[str, str]) -> tuple[Any, Any]:
+    """SFT / continued pretraining: format -> tokenize -> train -> evaluate; (model, eval report)."""
+    chat_template = format_for(dataset, config, fingerprints)
+    tokenized = tokenize(dataset, chat_template, config)
+    model = train_model(
+        tokenized=tokenized,
+        chat_template=chat_template,
+        config=TrainStage.of(config),
+        fingerprints=fingerprints,
+    )
+    report, _ = evaluate_model(model=model, tokenized=tokenized, dataset=dataset, config=EvalStage.of(config))
+    return model, report
+
+
+def train_and_evaluate_preferences(
+    dataset: Any, config: PipelineConfig, fingerprints: dict[str, str]
+) -> tuple[Any, Any]:
+    """DPO / ORPO / KTO: format -> train (the pairs are tokenized inside) -> evaluate."""
+    chat_template = format_for(dataset, config, fingerprints)
+    model = train_preferences(
+        dataset=dataset,
+        chat_template=chat_template,
+        config=TrainStage.of(config),
+        fingerprints=fingerprints,
+    )
+    report, _ = evaluate_preferences(model=model, dataset=dataset, config=EvalStage.of(config))
+    return model, report

@@ -14,6 +14,7 @@ from typing import Any
 from tuneline.config import PipelineConfig, ProjectConfig
 from tuneline.evaluate.report import summary_lines
 from tuneline.home import mlflow_tracking_uri, redact_uri, tuneline_home
+from tuneline.retrain import retrain_note
 from tuneline.tracking import ensure_experiment
 
 log = logging.getLogger("tuneline")
@@ -25,6 +26,14 @@ PIPELINES = {
     "preference": ("pipelines.preference", "preference_pipeline"),
 }
 EVALUATION_PIPELINE = ("pipelines.evaluate", "evaluate_pipeline")
+# `train.backend: openai`: training through the OpenAI fine-tuning API (pipelines/openai.py).
+OPENAI_PIPELINE = ("pipelines.openai", "openai_pipeline")
+# `retrain.when: data_changed`: the same steps behind a decision (pipelines/retrain.py).
+RETRAIN_PIPELINES = {
+    "chat": ("pipelines.retrain", "retrain_sft_pipeline"),
+    "text": ("pipelines.retrain", "retrain_sft_pipeline"),
+    "preference": ("pipelines.retrain", "retrain_preference_pipeline"),
+}
 
 
 @dataclass
@@ -39,8 +48,11 @@ class RunSummary:
     notes: list[str] = field(default_factory=list)  # what was run on what (e.g. the model evaluated)
 
 
-def pipeline_for(cfg: ProjectConfig) -> Any:
-    return load_pipeline(PIPELINES[cfg.kind])
+def pipeline_for(cfg: ProjectConfig, *, scheduled: bool = False) -> Any:
+    if cfg.train.backend == "openai":
+        return load_pipeline(OPENAI_PIPELINE)
+    gated = cfg.retrain.resolved(scheduled=scheduled) == "data_changed"
+    return load_pipeline((RETRAIN_PIPELINES if gated else PIPELINES)[cfg.kind])
 
 
 def load_pipeline(where: tuple[str, str]) -> Any:
@@ -158,7 +170,7 @@ def run_pipeline(
     # opens it too (materializer sources).
     ensure_stack(uri)
     pipe = load_pipeline(pipeline) if pipeline else pipeline_for(cfg)
-    experiment = cfg.tracking.experiment_name or pipeline_for(cfg).name
+    experiment = cfg.tracking.experiment_name or load_pipeline(PIPELINES[cfg.kind]).name
     with bootstrap_lock():
         ensure_experiment(uri, experiment, str(tuneline_home() / "mlflow-artifacts"))
     cfg = pin_model_references(cfg, uri)
@@ -294,6 +306,8 @@ def summarize_run(run: Any, uri: str) -> RunSummary:
             summary.eval_report = step.outputs["eval_report"][0].load()
         if "registration" in step.outputs:
             summary.registration = step.outputs["registration"][0].load()
+        if "retrain_decision" in step.outputs:
+            summary.notes.append(retrain_note(step.outputs["retrain_decision"][0].load()))
     return summary
 
 

@@ -36,7 +36,8 @@ def hub_references(cfg) -> list[tuple[str, str, str | None]]:
         return bool(value) and not value.startswith("models:/") and not Path(cfg.resolve_path(value)).exists()
 
     refs = []
-    if on_hub(cfg.model.name_or_path):
+    # With train.backend: openai, model.name_or_path names an API model, not a hub repository.
+    if on_hub(cfg.model.name_or_path) and cfg.train.backend != "openai":
         refs.append(("model.name_or_path", cfg.model.name_or_path, cfg.model.revision))
     if on_hub(cfg.model.tokenizer):
         # model.revision pins the tokenizer only when it comes from name_or_path.

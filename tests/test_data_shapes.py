@@ -259,12 +259,12 @@ def test_stack_exchange_paired_via_columns():
     assert sum(rs.info["counts"].values()) == 25
 
 
-def test_glaive_tool_roles_need_a_role_map():
+def test_glaive_tool_roles_load_as_tool_calls_or_as_mapped():
     path = str(fixture_path("datasets/llamafactory_demo/glaive_toolcall_en_demo.json"))
-    with pytest.raises(
-        DataError, match=r"glaive_toolcall_en_demo\.json:\d+ conversations\[3\]\.from: unknown role"
-    ):
-        load_records(DataConfig(path=path), "/")
+    rs = load_records(DataConfig(path=path), "/")  # function_call / observation: calls and results
+    recs = [r for recs in rs.splits.values() for r in recs]
+    assert any(m.get("tool_calls") for r in recs for m in r.messages)
+    # A role_map still wins: the same turns as plain assistant / user text.
     cfg = DataConfig(path=path, role_map={"function_call": "assistant", "observation": "user"})
     rs = load_records(cfg, "/", kind="chat")
     assert sum(rs.info["counts"].values()) > 250

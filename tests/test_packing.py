@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tuneline.tokenize import TokenizedSplit
-from tuneline.tokenize.collate import DataCollator, split_rows
+from tuneline.tokenize.collate import REAL_TOKENS_KEY, DataCollator, split_rows
 from tuneline.tokenize.packing import best_fit_decreasing, pack_split, unpack_row
 
 
@@ -72,9 +72,9 @@ def test_collator_pads_to_longest_in_batch_not_max_length():
     assert DataCollator(1, False, pad_to_multiple_of=8)(rows)["input_ids"].shape == (3, 16)
 
 
-def test_collator_flattens_packed_rows_padding_free():
+def test_collator_flattens_packed_rows_for_varlen_kernels():
     packed = pack_split(_split([5, 3, 2, 6]), 8)
-    batch = DataCollator(pad_token_id=1, packed=True)(split_rows(packed))
+    batch = DataCollator(pad_token_id=1, packed=True, flatten=True)(split_rows(packed))
     assert batch["input_ids"].shape == (1, 16) and "attention_mask" not in batch
     pos = batch["position_ids"][0].tolist()
     starts = [i for i, p in enumerate(pos) if p == 0]
@@ -82,14 +82,35 @@ def test_collator_flattens_packed_rows_padding_free():
     assert all(batch["labels"][0, i].item() == -100 for i in starts)
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
-def test_padding_free_batch_has_no_cross_sample_attention(attn):
-    """transformers 5.x derives block-diagonal masks from position_ids: packed == separate."""
+def test_collator_keeps_packed_rows_as_rows():
+    """[B, L]: each row padded by one self-contained block (positions restart, no labels)."""
+    packed = pack_split(_split([5, 3, 2, 6]), 8)
+    rows = split_rows(packed)
+    batch = DataCollator(pad_token_id=1, packed=True, count_real_tokens=True)(rows)
+    longest = max(len(r["input_ids"]) for r in rows)
+    assert batch["input_ids"].shape == (len(rows), longest) and "attention_mask" not in batch
+    assert batch[REAL_TOKENS_KEY] == 16 and batch["use_cache"] is False
+    for i, r in enumerate(rows):
+        k = len(r["input_ids"])
+        assert batch["position_ids"][i, :k].tolist() == r["position_ids"]
+        assert batch["position_ids"][i, k:].tolist() == list(range(longest - k))
+        assert (batch["labels"][i, k:] == -100).all() and (batch["input_ids"][i, k:] == 1).all()
+    assert REAL_TOKENS_KEY not in DataCollator(pad_token_id=1, packed=True)(rows)
+
+
+def test_padded_collator_splits_packed_rows_into_samples():
+    """The fallback for models that cannot keep packed samples apart: one padded row per sample."""
+    packed = pack_split(_split([5, 3, 2, 6]), 8)
+    batch = DataCollator(pad_token_id=1, packed=False)(split_rows(packed))
+    assert batch["input_ids"].shape == (4, 6) and batch["attention_mask"].sum().item() == 16
+
+
+def _tiny_llama(attn: str, vocab: int = 512):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
     conf = LlamaConfig(
-        vocab_size=512,
+        vocab_size=vocab,
         hidden_size=32,
         intermediate_size=64,
         num_hidden_layers=2,
@@ -98,9 +119,58 @@ def test_padding_free_batch_has_no_cross_sample_attention(attn):
         max_position_embeddings=128,
     )
     conf._attn_implementation = attn
-    model = LlamaForCausalLM(conf).eval()
+    return LlamaForCausalLM(conf).eval()
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_packed_rows_logits_equal_per_sample_logits(attn):
+    """Several [B, L] packed rows, padded to the longest: every sample's logits are its own."""
+    model = _tiny_llama(attn)
+    split = _split([7, 4, 9, 12, 3, 6, 10])
+    rows = split_rows(pack_split(split, 16))
+    assert len(rows) > 1 and len({len(r["input_ids"]) for r in rows}) > 1
+    batch = DataCollator(pad_token_id=0, packed=True)(rows)
+    with torch.no_grad():
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+        for i, r in enumerate(rows):
+            for x, _ in unpack_row(r["input_ids"], r["labels"], r["position_ids"]):
+                start = next(a for a in range(len(r["input_ids"])) if r["input_ids"][a : a + len(x)] == x)
+                alone = model(input_ids=torch.tensor([x])).logits[0]
+                torch.testing.assert_close(logits[i, start : start + len(x)], alone, atol=1e-5, rtol=1e-4)
+        assert torch.isfinite(model(**batch).loss)
+
+
+def test_packing_probe_accepts_llama_and_rejects_opt():
+    """The startup check: Llama keeps packed samples apart, OPT (learned absolute positions,
+    masks from attention_mask only) does not and gets padded batches."""
+    from transformers import OPTConfig, OPTForCausalLM
+
+    from tuneline.train.padding_free import attention_respects_packing, collator_for
+
+    llama = _tiny_llama("sdpa")
+    assert attention_respects_packing(llama) and collator_for(llama, 0, True, training=True).packed
+    torch.manual_seed(0)
+    opt = OPTForCausalLM(
+        OPTConfig(
+            vocab_size=512,
+            hidden_size=32,
+            ffn_dim=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            word_embed_proj_dim=32,
+        )
+    )
+    assert not attention_respects_packing(opt)
+    fallback = collator_for(opt, 0, True, training=True)
+    assert not fallback.packed and opt.training  # mode restored after the probe
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_padding_free_batch_has_no_cross_sample_attention(attn):
+    """transformers 5.x derives block-diagonal masks from position_ids: packed == separate."""
+    model = _tiny_llama(attn)
     split = _split([7, 4, 9])
-    batch = DataCollator(pad_token_id=0, packed=True)(split_rows(pack_split(split, 20)))
+    batch = DataCollator(pad_token_id=0, packed=True, flatten=True)(split_rows(pack_split(split, 20)))
     with torch.no_grad():
         packed_logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits[0]
         pos = batch["position_ids"][0].tolist()

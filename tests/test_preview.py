@@ -28,7 +28,7 @@ def td(tiny_tokenizer_dir):
 
 def test_render_preview_marks_supervised_spans(td):
     tok, recs = td
-    data = tokenize_dataset(RecordSet(splits={"train": recs}), tok, TokenizeConfig())
+    data = tokenize_dataset(RecordSet(splits={"train": recs}), tok, TokenizeConfig(packing=False))
     out = render_preview(data, tok, 2, color=False)
     assert out.count("── example") == 2
     assert "⟦answer 0<|im_end|>⟧" in out
@@ -40,7 +40,7 @@ def test_render_preview_marks_supervised_spans(td):
 
 def test_json_lines_are_exactly_the_trainer_rows(td):
     tok, recs = td
-    data = tokenize_dataset(RecordSet(splits={"train": recs}), tok, TokenizeConfig())
+    data = tokenize_dataset(RecordSet(splits={"train": recs}), tok, TokenizeConfig(packing=False))
     lines = preview_json_lines(data, tok, 3)
     rows = split_rows(data.splits["train"])[:3]
     assert len(lines) == 3

@@ -203,7 +203,8 @@ def test_alpaca_template_masks_only_the_response(tiny_tokenizer_dir):
 def test_tokenize_dataset_stats_audit_and_packing(tok):
     recs = [chat(f"question {i}", "answer " * (1 + i % 7)) for i in range(40)]
     rs = RecordSet(splits={"train": recs[:30], "validation": recs[30:]})
-    td = tokenize_dataset(rs, tok, TokenizeConfig(max_length=128))
+    assert TokenizeConfig().packing  # packed by default
+    td = tokenize_dataset(rs, tok, TokenizeConfig(max_length=128, packing=False))
     assert not td.packed and td.chat_template == tok.chat_template
     tr = td.stats["train"]
     assert tr["n_in"] == 30 == tr["n_out"] and 0 < td.stats["padding_efficiency"] <= 1

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 from typing import Any
 
 from tuneline.config import ProjectConfig
@@ -17,7 +16,7 @@ from tuneline.data import load_records, source_fingerprint
 from tuneline.data.records import RecordSet
 from tuneline.errors import UserError
 from tuneline.fingerprints import local_inputs_fingerprint
-from tuneline.home import mlflow_tracking_uri, redact_uri, tuneline_home
+from tuneline.home import missing_local_store, mlflow_tracking_uri, redact_uri, tuneline_home
 
 
 def preflight(cfg: ProjectConfig) -> tuple[dict[str, str], RecordSet]:
@@ -30,10 +29,22 @@ def preflight(cfg: ProjectConfig) -> tuple[dict[str, str], RecordSet]:
     """
     fps = {"data": source_fingerprint(cfg.data, cfg.base_dir), "local_files": local_inputs_fingerprint(cfg)}
     records = load_records(cfg.data, cfg.base_dir, kind=cfg.kind)
+    if cfg.train.backend == "openai":  # no local tokenizer or model: the API's format, price and key
+        from tuneline.openai_backend.preflight import preflight_openai
+
+        preflight_openai(cfg, records)
+        return fps, records
     from tuneline.tokenize import prepare_tokenizer
     from tuneline.train.loading import load_tokenizer
 
-    prepare_tokenizer(load_tokenizer(cfg.model, cfg.base_dir), cfg.template, cfg.base_dir)
+    tokenizer = prepare_tokenizer(load_tokenizer(cfg.model, cfg.base_dir), cfg.template, cfg.base_dir)
+    from tuneline.tokenize.tool_templates import require_tools_for
+
+    require_tools_for(records, tokenizer.chat_template)
+    if cfg.train.method in ("dpo", "orpo"):
+        from tuneline.data.feedback import require_paired
+
+        require_paired(records, cfg.train.method)
     if cfg.train.method == "qlora" and not cfg.train.resources.step_operator:
         # Training runs in this process's environment; on a step operator it runs elsewhere.
         from tuneline.train import require_qlora
@@ -43,6 +54,10 @@ def preflight(cfg: ProjectConfig) -> tuple[dict[str, str], RecordSet]:
 
 
 def dry_run(cfg: ProjectConfig, records: RecordSet, fingerprints: dict[str, str]) -> str:
+    if cfg.train.backend == "openai":
+        from tuneline.openai_backend.preflight import dry_run_openai
+
+        return dry_run_openai(cfg, records, fingerprints)
     model = cfg.model.name_or_path or f"from_config ({cfg.model.from_config.get('model_type', 'llama')})"
     steps = (
         "load_dataset -> format_records -> "
@@ -77,6 +92,9 @@ def dry_run(cfg: ProjectConfig, records: RecordSet, fingerprints: dict[str, str]
     )
     if dropped:
         lines.append(f"  dropped by reason: {json.dumps((info.get('dropped') or {}).get('by_reason'))}")
+    from tuneline.data.feedback import feedback_line, unused_lines
+
+    lines += feedback_line(records) + unused_lines(info)
     return "\n".join(lines)
 
 
@@ -104,6 +122,10 @@ def preview(cfg: ProjectConfig, n: int, *, as_json: bool = False) -> list[str]:
     records = load_records(cfg.data, cfg.base_dir, kind=cfg.kind)
     tokenizer = prepare_tokenizer(load_tokenizer(cfg.model, cfg.base_dir), cfg.template, cfg.base_dir)
     sample = records.splits.get("train", [])[:n]
+    if cfg.train.method == "kto":
+        from tuneline.tokenize.feedback import feedback_preview
+
+        return feedback_preview(cfg, sample, tokenizer, as_json=as_json)
     if cfg.kind == "preference":
         rows = tokenize_preference_split(sample, tokenizer, preference_tokenize_config(cfg))
         if as_json:
@@ -133,14 +155,12 @@ def registry_target(config_path: str | None = None) -> tuple[str, Any]:
 
     cfg = load_config(config_path) if config_path else None
     uri = mlflow_tracking_uri(cfg.tracking.mlflow_tracking_uri if cfg else None)
-    if uri.startswith("sqlite:///"):
-        path = Path(uri.removeprefix("sqlite:///"))
-        if not path.exists():
-            # MLflow would create an empty store here and then report "no registered model".
-            raise UserError(
-                f"no MLflow store at {path}: no pipeline has run with TUNELINE_HOME={tuneline_home()}; "
-                "set TUNELINE_HOME or MLFLOW_TRACKING_URI, or pass --config with tracking.mlflow_tracking_uri"
-            )
+    missing = missing_local_store(uri)
+    if missing is not None:
+        raise UserError(
+            f"no MLflow store at {missing}: no pipeline has run with TUNELINE_HOME={tuneline_home()}; "
+            "set TUNELINE_HOME or MLFLOW_TRACKING_URI, or pass --config with tracking.mlflow_tracking_uri"
+        )
     return uri, (cfg.registry if cfg else None)
 
 

@@ -34,6 +34,19 @@ def mlflow_tracking_uri(configured: str | None = None) -> str:
     return configured or os.environ.get("MLFLOW_TRACKING_URI") or default_mlflow_uri()
 
 
+def missing_local_store(uri: str) -> Path | None:
+    """The SQLite file a `sqlite:///` URI names when it does not exist, else None.
+
+    Reading from a missing file would make MLflow create an empty store and then report the
+    model as unknown, which sends the user looking for the wrong problem; commands that only
+    read the registry check this first and name the file instead.
+    """
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
+    return None if path.exists() else path
+
+
 def redact_uri(uri: str) -> str:
     """Drop user:password@ from a URI before it is printed or logged."""
     from urllib.parse import urlsplit, urlunsplit

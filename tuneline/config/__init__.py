@@ -17,10 +17,10 @@ from tuneline.config.base import Section
 from tuneline.config.data import DataConfig, SourceConfig
 from tuneline.config.evaluate import EvalConfig, RegistryConfig, TrackingConfig
 from tuneline.config.model import ModelConfig
+from tuneline.config.openai_backend import check_openai_project
+from tuneline.config.retrain import RetrainConfig
 from tuneline.config.template import TemplateConfig, TokenizeConfig
 from tuneline.config.train import (
-    DEFAULT_METRIC,
-    EVAL_METRICS,
     LOWER_IS_BETTER,
     METHOD_KIND,
     RENAMED_METRICS,
@@ -28,6 +28,8 @@ from tuneline.config.train import (
     PreferenceConfig,
     ResourcesConfig,
     TrainConfig,
+    default_metric_for,
+    eval_metrics_for,
 )
 from tuneline.errors import ConfigError, Problem
 
@@ -63,18 +65,25 @@ class ProjectConfig(Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    retrain: RetrainConfig = Field(default_factory=RetrainConfig)
 
     # Directory relative paths in the config resolve against (the config file's project root).
     base_dir: str = Field(default=".", description="Set by the loader: relative paths resolve here.")
+
+    @model_validator(mode="after")
+    def _backend_fits(self) -> ProjectConfig:
+        """Before the registry metric is defaulted or checked: eval_loss is refused by name."""
+        check_openai_project(self)
+        return self
 
     @model_validator(mode="after")
     def _registry_metric_fits_method(self) -> ProjectConfig:
         """A metric evaluation never reports would only fail after training; catch it here."""
         kind = METHOD_KIND[self.train.method]
         scores = self.eval.score_keys() if kind == "chat" else ()
-        allowed = (*(scores or ()), *EVAL_METRICS[kind])
+        allowed = (*(scores or ()), *eval_metrics_for(self.train.method))
         if self.registry.metric is None:
-            self.registry.metric = DEFAULT_METRIC[kind] or allowed[0]
+            self.registry.metric = default_metric_for(self.train.method) or allowed[0]
         metric = self.registry.metric
         if metric not in allowed and not (scores is None and metric not in RENAMED_METRICS):
             hint = RENAMED_METRICS.get(metric) or next(

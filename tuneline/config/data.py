@@ -28,6 +28,8 @@ CANONICAL_COLUMNS = (
     "text",
     "chosen",
     "rejected",
+    "tools",
+    "label",
 )
 ROLE_TARGETS = ("system", "user", "assistant", "drop")
 

@@ -15,6 +15,7 @@ SHIPPED_METRIC_KEYS: dict[str, tuple[str, ...]] = {
     "exact_match": ("exact_match",),
     "sacrebleu": ("sacrebleu",),
     "chrf": ("chrf",),
+    "tool_call": ("tool_call_accuracy", "tool_name_accuracy", "tool_call_parse_rate"),
 }
 
 

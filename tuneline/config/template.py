@@ -10,7 +10,7 @@ from tuneline.config.base import Section
 
 
 class TemplateConfig(Section):
-    name: Literal["auto", "tokenizer", "chatml", "llama-3", "zephyr", "alpaca"] = Field(
+    name: Literal["auto", "tokenizer", "chatml", "llama-3", "zephyr", "alpaca", "chatml-tools"] = Field(
         default="auto",
         description="auto: the tokenizer's own chat template, else chatml. 'tokenizer' requires one.",
     )
@@ -28,7 +28,11 @@ class TokenizeConfig(Section):
     train_on: Literal["all_assistant", "last_assistant"] = "all_assistant"
     train_on_inputs: bool = Field(default=False, description="Supervise prompts too (no masking).")
     overflow: Literal["truncate", "drop", "error"] = "truncate"
-    packing: bool = False
+    packing: bool = Field(
+        default=True,
+        description="Pack samples best-fit into max_length rows, kept apart by per-sample position ids "
+        "(models whose attention ignores them train on padded batches instead). train.batch_size counts rows.",
+    )
     allow_special_tokens_in_text: bool = Field(
         default=False, description="Let literal special-token strings in data become control tokens."
     )

@@ -20,6 +20,7 @@ from typing import Any
 
 from tuneline.config.data import DataConfig, SourceConfig
 from tuneline.data import sources as S
+from tuneline.data.feedback import apply_labels, unused_fields
 from tuneline.data.records import Record, RecordSet
 from tuneline.data.shapes import parse_rows
 from tuneline.data.split import (
@@ -158,6 +159,7 @@ def _read_source(key: str, src: SourceConfig, base_dir: str, cfg: DataConfig) ->
                 "valid": len(recs),
                 "shape": shape,
                 "split": rf.split,
+                "unused_fields": unused_fields(rf.rows, shape, src.columns),
             }
         )
     out.lineage["files"] = file_entries
@@ -196,7 +198,8 @@ def _check_kinds(loaded: list[_Loaded], kind: str | None) -> tuple[str, list[Pro
             hint = {
                 "chat": "SFT needs instruction/chat data (alpaca, messages, conversations, prompt/completion)",
                 "text": "continued pretraining needs raw text records ({text: ...})",
-                "preference": "DPO/ORPO needs preference pairs (prompt + chosen + rejected)",
+                "preference": "DPO/ORPO needs preference pairs (prompt + chosen + rejected); KTO also "
+                "takes answers labelled desirable or not (label: true/false)",
             }[kind]
             problems.append(
                 Problem(
@@ -274,6 +277,7 @@ def load_records(cfg: DataConfig, base_dir: str, *, kind: str | None = None) -> 
         raise ValueError(f"kind must be one of {KINDS} or None, got {kind!r}")
     loaded = [_read_source(key, src, base_dir, cfg) for key, src in keyed_sources(cfg)]
     dropped = _apply_error_policy(cfg, loaded)
+    apply_labels(loaded, kind)  # label: true/false -> KTO feedback, or refused where it would be ignored
     kind, kind_problems = _check_kinds(loaded, kind)
     if kind_problems:
         raise DataError(kind_problems, header="data does not fit the training method")

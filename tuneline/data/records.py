@@ -47,6 +47,9 @@ class Record:
     chosen: list[dict[str, str]] | None = None
     rejected: list[dict[str, str]] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    # Function schemas the conversation may call ({"type": "function", "function": {...}});
+    # assistant turns then may carry `tool_calls` and `tool` turns their results.
+    tools: list[dict[str, Any]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -61,6 +64,7 @@ class Record:
             chosen=d.get("chosen"),
             rejected=d.get("rejected"),
             meta=dict(d.get("meta") or {}),
+            tools=d.get("tools"),
         )
 
     def content_key(self) -> str:
@@ -73,6 +77,8 @@ class Record:
             "c": self.chosen,
             "r": self.rejected,
         }
+        if self.tools is not None:  # calls, results and schemas are content too
+            payload["m"], payload["tools"] = self.messages, self.tools
         return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 

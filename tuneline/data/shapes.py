@@ -286,12 +286,17 @@ def _system(ctx: RowContext, row: dict[str, Any]) -> list[tuple[dict[str, str], 
 
 def normalise(ctx: RowContext, row: dict[str, Any], shape: str) -> Record | None:
     """One row -> Record, or None with the row's problems in ctx.issues."""
+    from tuneline.data.feedback import read_label
+
     fn = _NORMALISERS[family(shape) or shape]
     rec = fn(ctx, row)
+    label = read_label(ctx, row, family(shape) or shape)
     if ctx.issues:
         return None
     assert rec is not None
     rec.meta = {"source": ctx.loc.source, "line": ctx.loc.n, "shape": shape}
+    if label is not None:  # desirable / undesirable answer (KTO); resolved per method by the loader
+        rec.meta["label"] = label
     return rec
 
 
@@ -302,6 +307,10 @@ def _chat(ctx: RowContext, row: dict[str, Any]) -> Record | None:
             ctx.name("messages"), "missing required field 'messages' (or 'conversations')", "missing field"
         )
         return None
+    from tuneline.data.tools import is_tool_row, tool_chat
+
+    if is_tool_row(row, canonical, ctx.names.get("role")):
+        return tool_chat(ctx, row, canonical)
     path = ctx.name(canonical)
     msgs = norm_messages(ctx, row[canonical], path)
     if msgs is None:

@@ -24,8 +24,8 @@ def _texts(r: Record) -> str:
     if r.kind == "text":
         return r.text or ""
     parts = [joined_content(m) for m in r.messages]
-    if r.kind == "preference":
-        parts += [m["content"] for m in r.chosen or []]
+    if r.kind == "preference":  # a pair's chosen side, or a KTO record's one labelled answer
+        parts += [m["content"] for m in r.chosen or r.rejected or []]
     return "\n".join(parts)
 
 

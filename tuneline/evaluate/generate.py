@@ -16,6 +16,7 @@ from typing import Any
 from tuneline.config import ModelConfig, ProjectConfig, TokenizeConfig
 from tuneline.data.records import Record
 from tuneline.errors import ConfigError, Problem
+from tuneline.evaluate.tool_calls import tool_prompt_and_reference
 from tuneline.report.progress import ProgressLine
 from tuneline.tokenize import (
     IGNORE_INDEX,
@@ -79,6 +80,8 @@ def eval_loss(model: Any, split: TokenizedSplit, collator: Any, batch_size: int 
 
 def prompt_and_reference(record: Record) -> tuple[list[dict[str, str]], str] | None:
     """Held-out chat record -> (prompt turns, reference answer); None if it has no final answer."""
+    if record.tools is not None and record.kind == "chat":
+        return tool_prompt_and_reference(record)  # scored on its first tool call
     if record.kind != "chat" or not record.messages or record.messages[-1]["role"] != "assistant":
         return None
     return record.messages[:-1], record.messages[-1]["content"]
@@ -104,6 +107,7 @@ def generate_answers(
 ) -> GenerationResult:
     """Greedy answers to held-out prompts, rendered and encoded exactly as training renders a prompt."""
     pairs = [(*pr, r.meta) for r in records if (pr := prompt_and_reference(r)) is not None]
+    tools = [r.tools for r in records if prompt_and_reference(r) is not None]
     out = GenerationResult()
     if not pairs:
         return out
@@ -114,7 +118,11 @@ def generate_answers(
     for i in range(0, len(pairs), batch_size):
         chunk = pairs[i : i + batch_size]
         texts, encoded = encode_prompts(
-            tokenizer, [msgs for msgs, _, _ in chunk], tokenize_cfg, metas=[meta for _, _, meta in chunk]
+            tokenizer,
+            [msgs for msgs, _, _ in chunk],
+            tokenize_cfg,
+            metas=[meta for _, _, meta in chunk],
+            tools=tools[i : i + batch_size],
         )
         rows = generate_batch(
             model, encoded, pad_id=pad_id, stop=stop, max_new_tokens=max_new_tokens, do_sample=False

@@ -62,6 +62,7 @@ class SystemOutput:
     loss: LossSums | None = None
     gen: GenerationResult | None = None
     pairs: PairScores | None = None
+    feedback: Any = None  # labelled answers (KTO): tuneline.evaluate.feedback.FeedbackScores
 
 
 def run_sft(
@@ -69,11 +70,12 @@ def run_sft(
 ) -> SystemOutput:
     """Per-row eval loss on the tokenized split (when given) and greedy answers to the records."""
     from tuneline.tokenize import end_of_turn_token_ids
-    from tuneline.tokenize.collate import DataCollator
+    from tuneline.train.padding_free import collator_for
 
     out = SystemOutput()
     if split is not None:
-        collator = DataCollator(pad_token_id=tokenizer.pad_token_id, packed=split.position_ids is not None)
+        # Packed rows in the layout this model's attention keeps apart (padded samples otherwise).
+        collator = collator_for(model, tokenizer.pad_token_id, split.position_ids is not None, training=False)
         out.loss = eval_loss_sums(model, split, collator, cfg.eval.batch_size)
     out.gen = generate_answers(
         model,
@@ -192,6 +194,12 @@ def score_outputs(
                 cfg,
             )
         )
+    if tuned.feedback is not None and tuned.feedback.prompts:
+        from tuneline.evaluate.feedback import feedback_statistics
+
+        base_fb = base.feedback if base is not None and base.feedback is not None else None
+        base_stats = feedback_statistics(base_fb) if base_fb and base_fb.prompts else None
+        out.update(_stats_results(base_stats, feedback_statistics(tuned.feedback), cfg))
     return out
 
 
@@ -209,6 +217,10 @@ def _texts(base: SystemOutput | None, tuned: SystemOutput) -> list[dict[str, Any
             }
             for i in range(len(g.predictions))
         ]
+    if tuned.feedback is not None:
+        from tuneline.evaluate.feedback import texts
+
+        return texts(base, tuned)
     if tuned.pairs is not None:
         p = tuned.pairs
         return [
@@ -249,7 +261,8 @@ def find_champion(client: Any, model_name: str, alias: str) -> tuple[Any | None,
     try:
         return client.get_model_version_by_alias(model_name, alias), ""
     except MlflowException as e:
-        if e.error_code != "RESOURCE_DOES_NOT_EXIST":
+        # A registered model without the alias: the SQLite store answers INVALID_PARAMETER_VALUE.
+        if e.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
             raise
         return None, f"no version of '{model_name}' holds @{alias}"
 
@@ -431,6 +444,12 @@ def evaluate_preference(
     client: Any = None,
 ) -> tuple[dict[str, Any], dict[str, float]]:
     """(report, flat MLflow metrics) for a preference-tuned model: the base to beat is where training started."""
+    if cfg.train.method == "kto":
+        from tuneline.evaluate.feedback import evaluate_feedback
+
+        return evaluate_feedback(
+            cfg, model_dir, tokenizer, records, data_fingerprint=data_fingerprint, client=client
+        )
 
     def rescore(local: str) -> SystemOutput:
         tok, _ = _champion_tokenizer(local, tokenizer)

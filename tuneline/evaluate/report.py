@@ -50,6 +50,9 @@ def eval_set_fingerprint(cfg: Any, data_fingerprint: str) -> str:
     }
     if cfg.kind == "preference":
         settings["preference_max_length"] = cfg.train.preference.max_length
+    if cfg.train.method == "kto":  # KTO rewards are log-ratios against the start model
+        m, ref = cfg.model, cfg.train.preference.reference_model
+        settings["kto_reference"] = [ref, m.name_or_path, m.from_config, m.init_seed]
     return eval_fingerprint(data_fingerprint, **settings)
 
 
@@ -216,6 +219,9 @@ def summary_lines(report: Mapping[str, Any], *, examples: int = 3, width: int = 
             for i, d in items:
                 s = samples[i]
                 lines.append(f"    #{i} {d:+.4f}  {_short(_last_prompt(s), width)}")
+                if "completion" in s:  # a labelled answer (KTO): scored, not generated
+                    lines.append(f"       {s.get('label', 'answer')}: {_short(s['completion'], width)}")
+                    continue
                 lines.append(f"       base:  {_short(s.get('base', ''), width)}")
                 lines.append(f"       tuned: {_short(s.get('tuned', ''), width)}")
     return lines

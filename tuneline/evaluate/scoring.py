@@ -42,6 +42,8 @@ from tuneline.home import tuneline_home
 
 METRICS_DIR = Path(__file__).resolve().parent / "metrics"
 SHIPPED_METRICS = ("rouge", "sacrebleu", "chrf", "exact_match")
+# Shipped too, but for one kind of data (references in a form of their own): tool calls.
+TASK_METRICS = ("tool_call",)
 
 # The project's exact match compares answers, not strings: "Paris." answers "paris".
 DEFAULT_METRIC_KWARGS: dict[str, dict[str, Any]] = {
@@ -130,7 +132,7 @@ def _modules_path() -> str:
 
 def _local_script(name: str) -> Path | None:
     """A shipped name, or a path in the layout `evaluate.load` accepts (<dir>/<dir>.py or a .py file)."""
-    if name in SHIPPED_METRICS:
+    if name in SHIPPED_METRICS or name in TASK_METRICS:
         return METRICS_DIR / name
     p = Path(name).expanduser()
     if p.suffix == ".py" or p.is_file() or (p / f"{p.name}.py").is_file():

@@ -83,17 +83,15 @@ def prepare_evaluation(
 
 
 def _require_store(uri: str, ref: str) -> None:
-    """MLflow would create an empty SQLite store and then report the model missing from it."""
-    if uri.startswith("sqlite:///"):
-        path = Path(uri.removeprefix("sqlite:///"))
-        if not path.exists():
-            from tuneline.home import tuneline_home
+    from tuneline.home import missing_local_store, tuneline_home
 
-            raise UserError(
-                f"--model {ref}: no MLflow store at {path} (TUNELINE_HOME={tuneline_home()}); "
-                "set TUNELINE_HOME or MLFLOW_TRACKING_URI to the store the model was registered in, "
-                "or give a model directory"
-            )
+    missing = missing_local_store(uri)
+    if missing is not None:
+        raise UserError(
+            f"--model {ref}: no MLflow store at {missing} (TUNELINE_HOME={tuneline_home()}); "
+            "set TUNELINE_HOME or MLFLOW_TRACKING_URI to the store the model was registered in, "
+            "or give a model directory"
+        )
 
 
 def _version_run_id(uri: str, pinned: str) -> str:

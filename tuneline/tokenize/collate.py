@@ -8,7 +8,15 @@ ship "left", which in a training batch without position_ids moves every short ro
 positions. This collator needs only the pad id (evaluation builds batches from one), so the
 padded path stays here.
 
-Packed: padding-free, by transformers' `DataCollatorWithFlattening`. The batch is flattened
+Packed, `rows` layout (the default): the batch stays [B, L], one packed row of samples per
+batch row, padded to the longest row with a pad "sample" (its own position_ids block, labels
+-100), position_ids restarting at 0 per sample and NO attention_mask. transformers builds a
+per-row block-diagonal causal mask from that, so attention costs B*L^2. Flattening the batch
+into one [1, B*L] row instead made SDPA compute the whole (B*L)^2 square behind its mask
+(~14% of a fwd+bwd step on CPU at 4x512), so it is kept only for varlen kernels
+(flash-attention), which skip the masked blocks: `flatten=True`.
+
+Packed, `flatten` layout: transformers' `DataCollatorWithFlattening`. The batch is flattened
 into ONE row [1, total] with position_ids restarting at 0 per sample, the first label of each
 sample -100 and NO attention_mask. Our packed rows already hold several samples (position_ids
 restart inside a row), so they are split back into samples first: the library then gives
@@ -24,6 +32,10 @@ skipped when `past_key_values` is set, and LlamaModel creates a DynamicCache whe
 `use_cache` is true (the config default, also in train mode). The model then silently
 attends across samples. The packed batch therefore carries `use_cache=False` (the library
 collator does not); the trainer also sets `model.config.use_cache = False` for training.
+
+Without an attention_mask a packed batch does not say which tokens are padding, so with
+`count_real_tokens` (the trainer's collator) it also carries `REAL_TOKENS_KEY`, an int the
+trainer pops before the forward pass for its throughput and padding-efficiency figures.
 """
 
 from __future__ import annotations
@@ -33,18 +45,30 @@ from typing import Any
 
 from tuneline.tokenize.tokenized import IGNORE_INDEX
 
+REAL_TOKENS_KEY = "tuneline_real_tokens"
+
 
 class DataCollator:
     """Callable collator for the HF Trainer / a plain DataLoader."""
 
-    def __init__(self, pad_token_id: int, packed: bool, pad_to_multiple_of: int | None = None):
+    def __init__(
+        self,
+        pad_token_id: int,
+        packed: bool,
+        pad_to_multiple_of: int | None = None,
+        *,
+        flatten: bool = False,
+        count_real_tokens: bool = False,
+    ):
         if pad_token_id is None:
             raise ValueError("pad_token_id is required (call prepare_tokenizer first)")
         self.pad_token_id = int(pad_token_id)
         self.packed = packed
         self.pad_to_multiple_of = pad_to_multiple_of
+        self.flatten = flatten
+        self.count_real_tokens = count_real_tokens
         self._flatten: Any = None
-        if packed:
+        if packed and flatten:
             from transformers import DataCollatorWithFlattening
 
             # pad_to_multiple_of is not used here on purpose: padding would be a fake sample.
@@ -53,17 +77,47 @@ class DataCollator:
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         if not self.packed:
             return self._pad(features)
-        batch = self._flatten([s for f in features for s in _samples(f)])
+        if self._flatten is not None:
+            batch = self._flatten([s for f in features for s in _samples(f)])
+        else:
+            batch = self._rows(features)
+        if self.count_real_tokens:
+            batch[REAL_TOKENS_KEY] = sum(len(f["input_ids"]) for f in features)
         # A KV cache disables transformers' packed-sequence masking (see module doc).
         return {**batch, "use_cache": False}
 
-    def _pad(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+    def _rows(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        """[B, L] packed rows; a row's padding is one extra block of positions that only attends
+        to itself and carries no labels, so it can neither see nor change the real samples."""
         import torch
 
+        longest = self._padded_length(features)
+        n = len(features)
+        ids = torch.full((n, longest), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((n, longest), IGNORE_INDEX, dtype=torch.long)
+        pos = torch.arange(longest, dtype=torch.long).repeat(n, 1)
+        for i, f in enumerate(features):
+            k = len(f["input_ids"])
+            ids[i, :k] = torch.as_tensor(f["input_ids"], dtype=torch.long)
+            labels[i, :k] = torch.as_tensor(f.get("labels", f["input_ids"]), dtype=torch.long)
+            p = f.get("position_ids")
+            pos[i, :k] = torch.as_tensor(p if p is not None else range(k), dtype=torch.long)
+            pos[i, k:] -= k
+        return {"input_ids": ids, "labels": labels, "position_ids": pos}
+
+    def _padded_length(self, features: list[dict[str, Any]]) -> int:
         longest = max(len(f["input_ids"]) for f in features)
         m = self.pad_to_multiple_of
-        if m:
-            longest = ((longest + m - 1) // m) * m
+        return ((longest + m - 1) // m) * m if m else longest
+
+    def _pad(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        """Right-padded samples with an attention_mask; packed rows are split into their samples
+        first (the fallback for models that cannot keep packed samples apart)."""
+        import torch
+
+        if any(f.get("position_ids") is not None for f in features):
+            features = [s for f in features for s in _samples(f)]
+        longest = self._padded_length(features)
         n = len(features)
         ids = torch.full((n, longest), self.pad_token_id, dtype=torch.long)
         labels = torch.full((n, longest), IGNORE_INDEX, dtype=torch.long)

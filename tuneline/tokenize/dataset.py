@@ -62,7 +62,7 @@ def _tokenize_split(
             )
         else:
             msgs = with_system(rec.messages, system_prompt)
-            chats.append(renderer.chat_record(msgs, rec.meta, idx, escape=enc.escape))
+            chats.append(renderer.chat_record(msgs, rec.meta, idx, escape=enc.escape, tools=rec.tools))
 
     L = cfg.max_length
     out_ids: list[list[int]] = []

@@ -215,15 +215,21 @@ def encode_prompts(
     *,
     system_prompt: str | None = None,
     metas: list[dict[str, Any]] | None = None,
+    tools: list[list[dict[str, Any]] | None] | None = None,
 ) -> tuple[list[str], list[list[int]]]:
     """Generation prompts (texts, ids) rendered and encoded exactly as training encodes a prompt.
 
-    `metas` (record provenance) lets a template error name the record it came from.
+    `metas` (record provenance) lets a template error name the record it came from; `tools`
+    (per conversation) are the function schemas its record was trained with.
     """
     enc = Encoder(tokenizer, cfg or TokenizeConfig())
     rendered = [
         enc.renderer.prompt_record(
-            with_system(m, system_prompt), metas[i] if metas else {}, i, escape=enc.escape
+            with_system(m, system_prompt),
+            metas[i] if metas else {},
+            i,
+            escape=enc.escape,
+            tools=tools[i] if tools else None,
         )
         for i, m in enumerate(conversations)
     ]

@@ -138,7 +138,8 @@ def formatted_examples(records: list[Any], tokenizer: Any, n: int = 3) -> list[s
         if rec.kind == "text":
             out.append(rec.text or "")
         else:
-            out.append(renderer.text(rec.messages + list(rec.chosen or []), rec.meta))
+            # A KTO record has one labelled answer, which may be the rejected side.
+            out.append(renderer.text(rec.messages + list(rec.chosen or rec.rejected or []), rec.meta))
     return out
 
 

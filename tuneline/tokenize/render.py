@@ -27,6 +27,7 @@ from typing import Any
 from tuneline.data.records import joined_content
 from tuneline.errors import ConfigError, DataError, Problem
 from tuneline.tokenize.templates import compile_template, render, template_variables
+from tuneline.tokenize.tool_templates import require_tools_support, turn_in_text
 
 # A template that reads an alpaca `input` off the message renders it itself.
 _USES_INPUT = re.compile(r"""message\s*\[\s*['"]input['"]\s*\]|message\.input\b""")
@@ -105,9 +106,9 @@ class Renderer:
             )
         return self.compiled
 
-    def raw(self, msgs: list[dict[str, Any]], agp: bool = False) -> str:
+    def raw(self, msgs: list[dict[str, Any]], agp: bool = False, tools: list[dict] | None = None) -> str:
         """The template applied as is (messages already prepared)."""
-        return render(self._require_template(), msgs, self.vars, add_generation_prompt=agp)
+        return render(self._require_template(), msgs, self.vars, add_generation_prompt=agp, tools=tools)
 
     def folds_system(self) -> bool:
         """Whether the template rejects a system turn but renders the same conversation without it."""
@@ -138,13 +139,21 @@ class Renderer:
         return msgs
 
     def text(
-        self, msgs: list[dict[str, Any]], meta: dict[str, Any], *, agp: bool = False, prepared: bool = False
+        self,
+        msgs: list[dict[str, Any]],
+        meta: dict[str, Any],
+        *,
+        agp: bool = False,
+        prepared: bool = False,
+        tools: list[dict] | None = None,
     ) -> str:
         """Prepare and render; a template error names the record."""
         import jinja2
 
+        if tools is not None:
+            require_tools_support(self.template, meta)
         try:
-            return self.raw(msgs if prepared else self.prepare(msgs), agp)
+            return self.raw(msgs if prepared else self.prepare(msgs), agp, tools)
         except jinja2.TemplateError as e:
             raise DataError([Problem(where(meta), f"chat template rejects this conversation: {e}")]) from e
 
@@ -157,6 +166,7 @@ class Renderer:
         *,
         prepared: bool = False,
         from_turn: int | None = None,
+        tools: list[dict] | None = None,
     ) -> tuple[str, list[tuple[int, int, int]], list[dict[str, Any]]]:
         """(text, spans of the trained assistant turns, the messages as rendered).
 
@@ -167,7 +177,7 @@ class Renderer:
 
         if not prepared:
             msgs = self.prepare(msgs)
-        text = self.text(msgs, meta, prepared=True)
+        text = self.text(msgs, meta, prepared=True, tools=tools)
         turns = [i for i, m in enumerate(msgs) if m["role"] == "assistant" and i >= (from_turn or 0)]
         if self.train_on == "last_assistant" and from_turn is None:
             turns = turns[-1:]
@@ -176,21 +186,24 @@ class Renderer:
         for i in turns:
             span = None
             try:
-                prefix = self.raw(msgs[:i], agp=True)
+                prefix = self.raw(msgs[:i], agp=True, tools=tools)
             except jinja2.TemplateError:
                 prefix = None
             if prefix is not None and len(prefix) >= cursor and text.startswith(prefix):
                 start = len(prefix)
-                full_i = text if i == len(msgs) - 1 else self.raw(msgs[: i + 1])
+                full_i = text if i == len(msgs) - 1 else self.raw(msgs[: i + 1], tools=tools)
                 end = common_prefix_len(full_i, text)
                 if end > start:
                     span = (start, end)
+            if span is None and tools is not None:
+                span = turn_in_text(self, msgs, i, text, cursor, tools)
+                self.stats["prefix_fallbacks"] += span is not None
             if span is None:
                 span = self._locate(text, msgs[i]["content"], cursor)
                 if span is not None:
                     # The end is still where render(messages[:i+1]) stops agreeing, when that is
                     # past the content (keeps the real terminator, e.g. "<|end|>\n<|endoftext|>").
-                    full_i = text if i == len(msgs) - 1 else self.raw(msgs[: i + 1])
+                    full_i = text if i == len(msgs) - 1 else self.raw(msgs[: i + 1], tools=tools)
                     agree = common_prefix_len(full_i, text)
                     if agree >= span[0] + len(msgs[i]["content"].strip()):
                         span = (span[0], agree)
@@ -285,19 +298,31 @@ class Renderer:
         return regions
 
     def chat_record(
-        self, msgs: list[dict[str, Any]], meta: dict[str, Any], index: int, *, escape: bool
+        self,
+        msgs: list[dict[str, Any]],
+        meta: dict[str, Any],
+        index: int,
+        *,
+        escape: bool,
+        tools: list[dict] | None = None,
     ) -> Rendered:
         """A conversation ready for the encoder: text, trained spans, and content regions to escape."""
-        text, spans, msgs = self.chat_spans(msgs, meta)
+        text, spans, msgs = self.chat_spans(msgs, meta, tools=tools)
         content = self.content_regions(text, msgs) if escape and self.has_special_literal(msgs) else None
         return Rendered(text, spans, content, "chat", meta, index)
 
     def prompt_record(
-        self, msgs: list[dict[str, Any]], meta: dict[str, Any], index: int, *, escape: bool
+        self,
+        msgs: list[dict[str, Any]],
+        meta: dict[str, Any],
+        index: int,
+        *,
+        escape: bool,
+        tools: list[dict] | None = None,
     ) -> Rendered:
         """A prompt ending in the generation prompt (what inference feeds the model)."""
         prepared = self.prepare(msgs)
-        text = self.text(prepared, meta, agp=True, prepared=True)
+        text = self.text(prepared, meta, agp=True, prepared=True, tools=tools)
         content = (
             self.content_regions(text, prepared) if escape and self.has_special_literal(prepared) else None
         )

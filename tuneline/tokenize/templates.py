@@ -18,6 +18,7 @@ from typing import Any
 
 from tuneline.config.template import TemplateConfig
 from tuneline.errors import ConfigError, Problem
+from tuneline.tokenize.tool_templates import CHATML_TOOLS
 
 # ChatML (Qwen, many fine-tunes). <|im_end|> closes every turn; the "\n" after it is
 # formatting, not something the model must generate.
@@ -84,6 +85,7 @@ BUILTIN_TEMPLATES: dict[str, str] = {
     "llama-3": LLAMA3,
     "zephyr": ZEPHYR,
     "alpaca": ALPACA,
+    "chatml-tools": CHATML_TOOLS,
 }
 
 # Special tokens a built-in template writes as single control tokens. If the tokenizer
@@ -93,6 +95,7 @@ BUILTIN_CONTROL_TOKENS: dict[str, list[str]] = {
     "llama-3": ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
     "zephyr": [],
     "alpaca": [],
+    "chatml-tools": ["<|im_start|>", "<|im_end|>"],
 }
 
 
@@ -127,7 +130,10 @@ def render(
     variables: dict[str, Any],
     *,
     add_generation_prompt: bool = False,
+    tools: list[dict[str, Any]] | None = None,
 ) -> str:
+    if tools is not None:  # only when given: templates differ on an undefined vs a None `tools`
+        variables = {**variables, "tools": tools}
     return compiled.render(messages=messages, add_generation_prompt=add_generation_prompt, **variables)
 
 

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from transformers import EarlyStoppingCallback, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from tuneline.sweep.pruning import trial_pruning
 from tuneline.train import checkpoints as ckpts
 from tuneline.train.guards import NonFiniteLossError
 from tuneline.train.progress import TrainProgress
@@ -69,7 +70,15 @@ class StepProbe:
     def count_tokens(self, inputs: dict[str, Any]) -> None:
         """SFT batches have `input_ids`; ORPO batches have `chosen_input_ids` and
         `rejected_input_ids` (each already prefixed with the prompt, so `prompt_input_ids` is not
-        counted again)."""
+        counted again). Packed batches have no attention_mask; their collator states the real
+        tokens instead (`REAL_TOKENS_KEY`, removed here so the model never sees it)."""
+        from tuneline.tokenize.collate import REAL_TOKENS_KEY
+
+        real = inputs.pop(REAL_TOKENS_KEY, None)
+        if real is not None:
+            self.processed_tokens += int(inputs["input_ids"].numel())
+            self.real_tokens = self.real_tokens + int(real)
+            return
         keys = [k for k in inputs if k.endswith("input_ids") and hasattr(inputs[k], "numel")]
         if any(k.startswith(("chosen_", "rejected_")) for k in keys):
             keys = [k for k in keys if k != "prompt_input_ids"]
@@ -321,6 +330,9 @@ def run_callbacks(
     ]
     if best is not None:
         callbacks += [EarlyStopping(early_stopping_patience=patience), best]
+    pruning = trial_pruning()  # a sweep trial's pruner (tuneline.sweep.pruning), else None
+    if pruning is not None:
+        callbacks.append(pruning)
     durable = DurableCheckpoints(
         checkpoint_dir,
         run_identity,

@@ -172,7 +172,7 @@ def build_model(cfg: ProjectConfig, tokenizer: Any, precision: str) -> BuiltMode
             return BuiltModel(model, None, model_cfg, None, lora_config(cfg, tokens), new_ids)
         else:
             model = get_peft_model(model, lora_config(cfg, tokens))
-    elif tcfg.is_preference and tcfg.method == "dpo":
+    elif tcfg.is_preference and tcfg.method in ("dpo", "kto"):
         if start_adapter:
             model = _merged(model, start_adapter)
         ref_model = copy.deepcopy(model).eval()

@@ -46,13 +46,14 @@ def pad_id(tokenizer: Any) -> int:
     return int(pid)
 
 
-def _collator(pad_token_id: int, packed: bool) -> Any:
+def _collator(pad_token_id: int, packed: bool, model: Any) -> Any:
     import torch
 
-    from tuneline.tokenize.collate import DataCollator
+    from tuneline.train.padding_free import collator_for
 
     # Multiples of 8 keep GPU tensor-core shapes; on CPU every pad token is pure waste.
-    return DataCollator(pad_token_id, packed, pad_to_multiple_of=8 if torch.cuda.is_available() else None)
+    multiple = 8 if torch.cuda.is_available() else None
+    return collator_for(model, pad_token_id, packed, pad_to_multiple_of=multiple, training=True)
 
 
 def training_args_kwargs(cfg: ProjectConfig, precision: str, staging: Path, has_eval: bool) -> dict[str, Any]:
@@ -120,6 +121,12 @@ class _ProbedStep:
         self.tl_probe.observe_loss(loss)
         return loss
 
+    def prediction_step(self, model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        from tuneline.tokenize.collate import REAL_TOKENS_KEY
+
+        inputs.pop(REAL_TOKENS_KEY, None)  # a training-throughput figure, not a model input
+        return super().prediction_step(model, inputs, *args, **kwargs)  # type: ignore[misc]
+
 
 def build_trainer(
     cfg: ProjectConfig,
@@ -155,8 +162,20 @@ def _sft_trainer(
 ) -> Any:
     from transformers import Trainer, TrainingArguments
 
+    collator = _collator(pad_id(tokenizer), data.packed, built.model)
+    train_rows = data.splits["train"]
+    grouped = collator.packed and not collator.flatten  # [B, L] packed rows: pad to the longest
+
     class SFTTrainer(_ProbedStep, Trainer):
-        pass
+        def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+            if not grouped:
+                return super()._get_train_sampler(train_dataset)
+            from tuneline.train.padding_free import GroupedRowSampler
+
+            lengths = [len(r) for r in train_rows.input_ids]
+            return GroupedRowSampler(
+                lengths, self.args.per_device_train_batch_size, self.args.data_seed or self.args.seed
+            )
 
     val = data.splits.get("validation")
     has_eval = val is not None and len(val) > 0
@@ -164,9 +183,9 @@ def _sft_trainer(
     return SFTTrainer(
         model=built.model,
         args=args,
-        train_dataset=_Rows(data.splits["train"]),
+        train_dataset=_Rows(train_rows),
         eval_dataset=_Rows(val) if has_eval else None,  # type: ignore[arg-type]
-        data_collator=_collator(pad_id(tokenizer), data.packed),
+        data_collator=collator,
         callbacks=callbacks,
     )
 
@@ -186,6 +205,10 @@ def _preference_trainer(
     kwargs = training_args_kwargs(cfg, precision, staging, bool(val))
     if tokenizer.chat_template is None:
         raise ConfigError([Problem("template", "preference tuning needs tokenizer.chat_template to be set")])
+    if t.method == "kto":
+        from tuneline.train.kto import kto_trainer
+
+        return kto_trainer(cfg, tokenizer, data, built, kwargs, callbacks, _ProbedStep)
     from tuneline.tokenize import (
         PretokenizedPreferences,
         preference_dataset,

@@ -1,0 +1,1 @@
+"""Shipped so packaging includes the metric script; `evaluate` loads it by path, not by import."""
