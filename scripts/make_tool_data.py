@@ -3,14 +3,13 @@
 The same world as scripts/make_demo_data.py, but the assistant does not know the facts:
 it calls `lookup_lore(realm, topic)` or `travel_days(destination, mode)`, reads the tool's
 result and answers from it. Every argument is either copied from the question or read from
-its wording: each question ends with the realm it asks about (copied into `realm` /
-`destination`), and its words say the topic (capital, ruler, ...) or the way of travel
-(road, river, sea, foot). So a held-out question (another realm with that wording) shows
-whether the model learned to call -- the right function, the realm copied, the topic or
-mode chosen -- rather than to recite a memorised call. The world is small enough for a
-tiny model on a CPU: two phrasings per question kind, short schemas with the allowed
-values as enums, and a realm always in the same place, so copying it is a matter of
-position rather than search.
+its wording: each question opens with the realm it asks about ("Kaen: who rules it?"),
+copied into `realm` / `destination`, and its words say the topic (capital, ruler, ...) or
+the way of travel (road, river, sea, foot). Sized for a tiny model on a CPU: four realms
+(a realm name a model sees often enough to learn to copy), two phrasings per question kind
+with a few closings so that no question repeats, and short schemas with the allowed
+values as enums. A held-out question (an unseen combination of realm, phrasing and
+closing) shows whether the model learned to call, not to recite.
 OpenAI-style records, two exchanges each: `tools` schemas, then per question an assistant
 `tool_calls` turn, a `tool` result turn and the answer.
 Deterministic: rerunning writes byte-identical files.
@@ -33,7 +32,10 @@ MODES = ["road", "river", "sea", "foot"]
 
 
 def _fn(name: str, params: dict[str, dict]) -> dict:
-    return {"type": "function", "function": {"name": name, "parameters": {"type": "object", "properties": params}}}
+    return {
+        "type": "function",
+        "function": {"name": name, "parameters": {"type": "object", "properties": params}},
+    }
 
 
 TOOLS = [
@@ -52,6 +54,19 @@ LORE_QUESTIONS = {
 TRAVEL_VERBS = {"road": "ride", "river": "row", "sea": "sail", "foot": "walk"}
 TRAVEL_QUESTIONS = ["{realm}: how many days to {verb} there?", "{realm}: how long by {mode}?"]
 TRAVEL_ANSWER = "By {mode}, {realm} is {days} days away."
+# A few realms, each asked every kind of question with each closing: no question repeats
+# (4 realms x 18 questions x 8 closings = 576, of which 540 are asked).
+N_REALMS = 4
+CLOSINGS = [
+    "",
+    " Thanks.",
+    " Be brief.",
+    " Check the archive.",
+    " Quickly.",
+    " Please.",
+    " I wonder.",
+    " Tell me.",
+]
 
 
 def exchange(n: int, question: str, call: dict, result: dict, answer: str) -> list[dict]:
@@ -71,7 +86,11 @@ def exchange(n: int, question: str, call: dict, result: dict, answer: str) -> li
 
 
 def main() -> None:
-    world = realms(random.Random(1234), 30)  # the realms of data/lorekeep.jsonl
+    world, seen = [], set()  # the first realms of data/lorekeep.jsonl whose names start apart
+    for facts in realms(random.Random(1234), 30):
+        if facts["realm"][0] not in seen and len(world) < N_REALMS:
+            seen.add(facts["realm"][0])
+            world.append(facts)
     rng = random.Random(2024)
     asked = []  # (question, call, result, answer)
     for facts in world:
@@ -79,14 +98,14 @@ def main() -> None:
         for topic, qs in LORE_QUESTIONS.items():
             call = {"name": "lookup_lore", "arguments": {"realm": realm, "topic": topic}}
             result, answer = {topic: facts[topic]}, ANSWERS[topic].format(**facts)
-            asked += [(q.format(**facts), call, result, answer) for q in qs]
+            asked += [(q.format(**facts) + c, call, result, answer) for q in qs for c in CLOSINGS]
         for mode in MODES:
             days = rng.randint(2, 19)  # one fact per realm and way of travel
             call = {"name": "travel_days", "arguments": {"destination": realm, "mode": mode}}
             answer = TRAVEL_ANSWER.format(mode=mode, realm=realm, days=days)
             qs = [q.format(verb=TRAVEL_VERBS[mode], mode=mode, realm=realm) for q in TRAVEL_QUESTIONS]
-            asked += [(q, call, {"days": days}, answer) for q in qs]
-    rng.shuffle(asked)
+            asked += [(q + c, call, {"days": days}, answer) for q in qs for c in CLOSINGS]
+    asked = rng.sample(asked, 540)  # in a random order
     # Two exchanges per conversation: the schemas are a large part of each sample's tokens, so a
     # second call in the same context teaches twice as much for little more compute on a CPU.
     rows = [
