@@ -98,8 +98,7 @@ def test_preview_of_preference_pairs_shows_what_trl_receives(tmp_path):
     r = run_cli(tmp_path / "home", "--config", "configs/dpo.yaml", "--preview", "2", "--json")
     assert r.returncode == 0, r.stderr
     rows = [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
-    # configs/sft.yaml packs: the two examples arrive as one row whose positions restart per sample.
-    assert len(rows) == 1 and rows[0]["position_ids"].count(0) == 2
+    assert len(rows) == 2
     for row in rows:
         assert row["prompt"].endswith("<|im_start|>assistant\n")
         assert row["chosen"] != row["rejected"]
