@@ -244,6 +244,10 @@ def stop(services: list[Service], grace: float = 15.0) -> None:
             for s in running:
                 s.proc.poll()
             if not any(_group_alive(s.proc.pid) for s in running):
+                for s in running:
+                    # The group can be gone while its leader is still an unreaped zombie (it died
+                    # between the poll above and the check): collect its exit status now.
+                    s.proc.wait(timeout=5.0)
                 return
             time.sleep(0.2)
 
