@@ -184,3 +184,59 @@ def test_padding_free_batch_has_no_cross_sample_attention(attn):
         assert not torch.allclose(leaky, packed_logits, atol=1e-4)
         out = model(**batch)
         assert torch.isfinite(out.loss)
+
+
+def _loss_and_grads(model, batch):
+    model.zero_grad()
+    loss = model(**batch).loss
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("layout", ["rows", "flatten", "padded"])
+def test_logits_only_at_supervised_positions_give_the_same_loss_and_gradients(layout):
+    """The training collator's `logits_to_keep` + `shift_labels` change what the LM head computes,
+    never the loss or a gradient: every layout against the full-logits batch of the same rows."""
+    model = _tiny_llama("sdpa").train()
+    split = _split([7, 4, 9, 12, 3, 6, 10])
+    rows = split_rows(pack_split(split, 16)) if layout != "padded" else split_rows(split)
+    opts = {"packed": layout != "padded", "flatten": layout == "flatten"}
+    full = DataCollator(0, **opts)(rows)
+    kept = DataCollator(0, **opts, supervised_logits=True)(rows)
+    assert "logits_to_keep" not in full
+    n_sup = int((full["labels"][:, 1:] != -100).sum())
+    assert kept["shift_labels"].shape == (n_sup,) and int(kept["logits_to_keep"].sum()) == n_sup
+    assert n_sup < full["labels"].numel() / 2 + 10  # the point: the head skips prompts and padding
+    ref_loss, ref_grads = _loss_and_grads(model, full)
+    loss, grads = _loss_and_grads(model, kept)
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-4, atol=1e-5)
+    assert grads.keys() == ref_grads.keys()
+    for name, g in grads.items():
+        torch.testing.assert_close(g, ref_grads[name], rtol=1e-3, atol=1e-5, msg=name)
+    # With the Trainer's token count (gradient accumulation), the sum is divided the same way.
+    items = torch.tensor(n_sup)
+    torch.testing.assert_close(
+        model(**kept, num_items_in_batch=items).loss.detach(),
+        model(**full, num_items_in_batch=items).loss.detach(),
+        rtol=1e-4,
+        atol=1e-5,
+    )
+
+
+def test_supervised_logits_probe_accepts_llama_and_rejects_a_model_that_ignores_the_mask():
+    from transformers import LlamaForCausalLM
+
+    from tuneline.train.padding_free import collator_for, supports_supervised_logits
+
+    llama = _tiny_llama("sdpa").train()
+    assert supports_supervised_logits(llama) and llama.training
+    assert collator_for(llama, 0, True, training=True).supervised_logits
+    assert not collator_for(llama, 0, True, training=False).supervised_logits  # evaluation: full logits
+
+    class IgnoresMask(LlamaForCausalLM):
+        def forward(self, *args, logits_to_keep=0, **kwargs):
+            return super().forward(*args, **kwargs)
+
+    other = IgnoresMask(llama.config)
+    assert not supports_supervised_logits(other)
+    assert not collator_for(other, 0, True, training=True).supervised_logits

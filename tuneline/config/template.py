@@ -36,4 +36,10 @@ class TokenizeConfig(Section):
     allow_special_tokens_in_text: bool = Field(
         default=False, description="Let literal special-token strings in data become control tokens."
     )
-    num_proc: int | None = None
+    num_proc: int | None = Field(
+        default=None,
+        description="Worker processes for tokenizing conversations: splits of at least 20,000 records are "
+        "cut into chunks tokenized in a forked pool (rows, order and stats identical to serial); smaller "
+        "splits, raw text and preference data stay serial. The streaming path "
+        "(tuneline.tokenize.stream) uses it for any size. None/1: serial.",
+    )

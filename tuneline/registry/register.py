@@ -17,7 +17,10 @@ are serialised and step 5 finds nothing to repair. A server has no shared lock; 
 can both pass step 2, and step 5 is what makes the better one win. Eligible for step 5: versions
 decided `champion` automatically in the current epoch (every manual promote or rollback starts
 a new one, so automation never undoes a person's choice), not displaced since, not rolled back,
-with a score on this eval set.
+with a score on this eval set. Step 5 also marks every eligible version but the best as displaced
+by it: a run that lost such a race may have finished before the winner even registered, or may
+read `@champion` only after the winner took it, so whichever run verifies must say why the
+loser holds no alias.
 """
 
 from __future__ import annotations
@@ -315,9 +318,18 @@ def register_and_decide(
                 candidate.scores.eval_fingerprint,
                 epoch=epoch,
                 observed=holder,
+                own=version,
                 aliases=aliases,
                 who=who,
             )
+            if champion != version:
+                log.warning(
+                    "%s v%s passed the gate, but a concurrent decision holds @%s: v%s",
+                    model_name,
+                    version,
+                    aliases.champion,
+                    champion,
+                )
     previous = holder if takes_alias else None
     log.info(
         "%s v%s (%s): %s: %s",
@@ -479,17 +491,22 @@ def verify_champion(
     *,
     epoch: str,
     observed: str | None,
+    own: str | None = None,
     aliases: T.Aliases | None = None,
     who: str = "tuneline",
     rounds: int = VERIFY_ROUNDS,
     pause_s: float = VERIFY_PAUSE_S,
     sleep: Callable[[float], None] = time.sleep,
 ) -> str | None:
-    """Re-read `@champion` after setting it and move it to the best eligible version if needed.
+    """Re-read `@champion` after setting it, move it to the best eligible version if needed, and
+    mark the other eligible versions as displaced by that one.
 
-    `observed`: the holder this decision compared against. The alias is only repaired while
-    it is held by a competitor of this decision (an eligible version, or `observed` itself);
-    a new epoch means a person promoted or rolled back meanwhile, and their choice stands.
+    `observed`: the holder this decision compared against; `own`: the version this decision
+    wrote. The alias is only repaired while it is held by a competitor of this decision (an
+    eligible version, `observed`, or `own`, which a competing run may already have marked as
+    displaced before this run's alias write landed); a new epoch means a person promoted or
+    rolled back meanwhile, and their choice stands. Marking the losers here, whichever run gets
+    there first, is what makes the end state the same for every order of the racing runs.
     Returns the holder after verification.
     """
     aliases = aliases or T.Aliases()
@@ -501,38 +518,53 @@ def verify_champion(
             return holder
         group = _eligible(client, name, policy, eval_fp, epoch)
         versions = {s.version for s in group}
-        if holder is not None and holder not in versions and holder != observed:
+        if holder is not None and holder not in versions and holder not in (observed, own):
             return holder
         if not group:
             return holder
         best = max(group, key=lambda s: (policy.sort_key(s.metrics), -int(s.version or 0)))
-        if best.version == holder:
-            return holder
         reason = (
             f"concurrent decisions on eval set {eval_fp}: v{best.version} scores best on {policy.metric} "
             f"({best.metrics[policy.metric]:.4f})"
         )
+        losers = [str(s.version) for s in group if s.version != best.version]
+        if not losers and best.version == holder:
+            return holder
+        # Re-read the epoch just before writing: a person's promote or rollback since the read
+        # above is never undone or relabelled.
+        rm = client.get_registered_model(name)
+        if (rm.tags or {}).get(T.EPOCH, "0") != epoch:
+            return _aliases_of(rm).get(aliases.champion)
+        _mark_displaced(client, name, losers, str(best.version), who, reason)
+        if best.version == holder:
+            return holder
         log.warning(
             "%s: @%s is v%s; repairing to v%s (%s)", name, aliases.champion, holder, best.version, reason
         )
         best_tags = _version_tags(client, name, str(best.version))
         previous = best_tags.get(T.CHAMPION_PREVIOUS) or None
-        if holder is not None and holder in versions:
-            set_version_tags(
-                client,
-                name,
-                holder,
-                {
-                    T.DISPLACED_AT: T.now_utc(),
-                    T.DISPLACED_BY: who,
-                    T.DISPLACED_REASON: reason,
-                    T.DISPLACED_FOR: str(best.version),
-                    T.DECISION_NOTE: f"superseded by v{best.version}: {reason}",
-                },
-            )
         if previous and previous != best.version:
             client.set_registered_model_alias(name, aliases.previous, previous)
         client.set_registered_model_alias(name, aliases.champion, str(best.version))
         _append_history(client, name, "repair", who, reason, version=str(best.version), previous=holder)
         sleep(pause_s)
     return holder
+
+
+def _mark_displaced(client: Any, name: str, losers: list[str], best: str, who: str, reason: str) -> None:
+    """Tag `losers` as displaced by `best`, as a version that held `@champion` is when a better
+    one takes it, so each says why it holds no alias although it passed the gate."""
+    for loser in losers:
+        set_version_tags(
+            client,
+            name,
+            loser,
+            {
+                T.DISPLACED_AT: T.now_utc(),
+                T.DISPLACED_BY: who,
+                T.DISPLACED_REASON: reason,
+                T.DISPLACED_FOR: best,
+                T.DECISION_NOTE: f"superseded by v{best}: {reason}",
+            },
+        )
+        _append_history(client, name, "displaced", who, reason, version=loser, for_version=best)

@@ -21,11 +21,38 @@ from tuneline.tokenize.render import Rendered, where, with_system
 from tuneline.tokenize.tokenized import IGNORE_INDEX, TokenizedDataset, TokenizedSplit
 from tuneline.tokenize.tokenizer import end_of_turn_token_ids
 
+# Below this many records a pool is not worth its start-up and pickling. Measured on 2
+# idle cores (benchmarks/README.md) num_proc=2 only ties serial at 5k-50k records: the
+# serial Rust encode already runs on both cores, and only the ~30% Python part (jinja,
+# labels) is single-threaded, so the pool pays where there are more cores than that.
+PARALLEL_MIN_RECORDS = 20_000
+
 
 def tokenize_split(
     records: list[Record], tokenizer: Any, cfg: TokenizeConfig, *, system_prompt: str | None = None
 ) -> TokenizedSplit:
-    """Tokenize one split; every dropped/truncated sample is counted, none vanish silently."""
+    """Tokenize one split; every dropped/truncated sample is counted, none vanish silently.
+
+    With `cfg.num_proc > 1` a big split of conversations is tokenized in a process pool;
+    the result is identical to the serial one (same rows, order, record_index and stats).
+    """
+    n_proc = cfg.num_proc or 1
+    if n_proc > 1 and len(records) >= max(PARALLEL_MIN_RECORDS, 2) and all(r.kind == "chat" for r in records):
+        # Raw text is cut into blocks across documents and preference records are refused
+        # at the first one: both depend on the whole split, so they stay serial.
+        from tuneline.tokenize.parallel import tokenize_parallel
+
+        return tokenize_parallel(records, tokenizer, cfg, system_prompt, n_proc)
+    split, problems = tokenize_chunk(records, tokenizer, cfg, system_prompt)
+    raise_overflow(problems, cfg)
+    return split
+
+
+def tokenize_chunk(
+    records: list[Record], tokenizer: Any, cfg: TokenizeConfig, system_prompt: str | None
+) -> tuple[TokenizedSplit, list[Problem]]:
+    """One run of records -> rows + stats, and the overflow=error problems left for the caller
+    to raise, so chunks tokenized apart can report every problem of the split at once."""
     # Millions of small lists make the cyclic GC rescan everything repeatedly (~35% of
     # the runtime at 50k records); nothing here creates reference cycles.
     was_enabled = gc.isenabled()
@@ -37,9 +64,16 @@ def tokenize_split(
             gc.enable()
 
 
+def raise_overflow(problems: list[Problem], cfg: TokenizeConfig) -> None:
+    if problems:
+        raise DataError(
+            problems, header=f"{len(problems)} sample(s) exceed tokenize.max_length {cfg.max_length}"
+        )
+
+
 def _tokenize_split(
     records: list[Record], tokenizer: Any, cfg: TokenizeConfig, system_prompt: str | None
-) -> TokenizedSplit:
+) -> tuple[TokenizedSplit, list[Problem]]:
     enc = Encoder(tokenizer, cfg)
     renderer = enc.renderer
     stats: Counter = enc.stats
@@ -99,7 +133,7 @@ def _tokenize_split(
         out_labels.append(labels)
         kept.append(r.index)
     if problems:
-        raise DataError(problems, header=f"{len(problems)} sample(s) exceed tokenize.max_length {L}")
+        return TokenizedSplit(input_ids=[], labels=[], record_index=[]), problems
 
     if texts:
         docs = []
@@ -137,7 +171,7 @@ def _tokenize_split(
     }
     if texts:
         split_stats["documents"] = stats["documents"]
-    return TokenizedSplit(input_ids=out_ids, labels=out_labels, stats=split_stats, record_index=kept)
+    return TokenizedSplit(input_ids=out_ids, labels=out_labels, stats=split_stats, record_index=kept), []
 
 
 def _text_blocks(

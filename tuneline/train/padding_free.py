@@ -67,13 +67,50 @@ def attention_respects_packing(model: Any, *, flatten: bool | None = None) -> bo
     return diff <= tol * scale
 
 
+def supports_supervised_logits(model: Any) -> bool:
+    """True when the model honours a boolean [B, L] `logits_to_keep` (transformers'
+    `slice_logits_to_keep`): the kept rows' logits equal the full forward's at those positions.
+
+    Most decoder-only models in transformers 5 slice through that helper; one that slices only
+    by an int (or ignores the argument) would misalign logits and targets, so it is asked."""
+    import torch
+
+    vocab = model.config.get_text_config().vocab_size
+    gen = torch.Generator().manual_seed(1)
+    n = sum(_PROBE_LENGTHS)
+    device = next(model.parameters()).device
+    ids = torch.randint(1, vocab, (1, n), generator=gen).to(device)
+    keep = torch.zeros((1, n), dtype=torch.bool, device=device)
+    keep[0, [1, 4, n - 2]] = True
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            full = model(input_ids=ids, use_cache=False).logits[keep]
+            kept = model(input_ids=ids, use_cache=False, logits_to_keep=keep).logits
+    except Exception as e:  # no logits_to_keep argument, or int-only slicing
+        logger.debug("logits_to_keep probe failed: %s", e)
+        return False
+    finally:
+        model.train(was_training)
+    if tuple(kept.shape) != tuple(full.shape):
+        return False
+    diff = (kept.float() - full.float()).abs().max().item()
+    scale = max(full.float().abs().max().item(), 1e-6)
+    return diff <= (1e-4 if full.dtype == torch.float32 else 2e-2) * scale
+
+
 def collator_for(
     model: Any, pad_token_id: int, packed: bool, *, pad_to_multiple_of: int | None = None, training: bool
 ) -> DataCollator:
     """The collator for `model`: packed rows in the layout its attention handles, or padded
-    samples when it does not keep packed samples apart."""
+    samples when it does not keep packed samples apart; for training, logits only at supervised
+    positions when the model supports it."""
+    targets = training and supports_supervised_logits(model)
     if not packed:
-        return DataCollator(pad_token_id, False, pad_to_multiple_of, count_real_tokens=training)
+        return DataCollator(
+            pad_token_id, False, pad_to_multiple_of, count_real_tokens=training, supervised_logits=targets
+        )
     flatten = uses_varlen_attention(model)
     if not attention_respects_packing(model, flatten=flatten):
         model_type = getattr(getattr(model, "config", None), "model_type", "?")
@@ -83,22 +120,28 @@ def collator_for(
             "to skip packing for this model.",
             model_type,
         )
-        return DataCollator(pad_token_id, False, pad_to_multiple_of, count_real_tokens=training)
+        return DataCollator(
+            pad_token_id, False, pad_to_multiple_of, count_real_tokens=training, supervised_logits=targets
+        )
     return DataCollator(
         pad_token_id,
         True,
         None if flatten else pad_to_multiple_of,
         flatten=flatten,
         count_real_tokens=training,
+        supervised_logits=targets,
     )
 
 
 class GroupedRowSampler:
-    """Packed rows in batches of similar length, batches in random order.
+    """Rows (packed rows, or single samples when packing is off) in batches of similar length,
+    batches in random order.
 
     A [B, L] batch is padded to its longest row, and best-fit packing leaves rows of uneven fill
     (one long sample plus what fits beside it), so random batches waste ~15% on padding with
-    alpaca-like lengths. Rows are shuffled, cut into groups of up to 50 batches, each group
+    alpaca-like lengths; unpacked samples waste ~35%. transformers' `LengthGroupedSampler`
+    (`train_sampling_strategy="group_by_length"`) draws from the global RNG and puts the longest
+    batch first; this one is seeded per epoch so a resumed run replays the same order. Rows are shuffled, cut into groups of up to 50 batches, each group
     sorted by length and cut into batches, and the batches shuffled: padding drops to a few
     percent while no batch order follows length. Seeded by (seed, epoch), so a resumed run
     replays the same order (the Trainer calls `set_epoch`)."""

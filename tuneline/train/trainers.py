@@ -164,7 +164,9 @@ def _sft_trainer(
 
     collator = _collator(pad_id(tokenizer), data.packed, built.model)
     train_rows = data.splits["train"]
-    grouped = collator.packed and not collator.flatten  # [B, L] packed rows: pad to the longest
+    # Every [B, L] batch (packed rows, or samples when packing is off or falls back) is padded to
+    # its longest row: batches of similar lengths. A flattened batch has no padding to save.
+    grouped = not collator.flatten
 
     class SFTTrainer(_ProbedStep, Trainer):
         def _get_train_sampler(self, train_dataset: Any = None) -> Any:
