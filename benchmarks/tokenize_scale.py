@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import platform
-import random
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,8 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from bench_tokenize import base_rows  # the same alpaca rows (fixture, or synthetic without it)
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(os.environ.get("TUNELINE_FIXTURES", ROOT.parent / "shared" / "fixtures"))
@@ -38,22 +39,6 @@ TOKENIZER = FIXTURES / "tokenizers" / "phi-3-mini-instruct"
 TINY_TOKENIZER = ROOT / "assets" / "tiny-tokenizer"
 QUICK_SIZES = "300"
 FULL_SIZES = "10000,100000,1000000"
-
-
-def base_rows() -> list[dict[str, str]]:
-    """The fixture's rows, or synthetic alpaca-shaped ones where the fixtures are absent."""
-    if ALPACA.is_file():
-        return json.loads(ALPACA.read_text())
-    rng = random.Random(0)
-    words = "the model learns to answer questions about data with care and precision".split()
-    return [
-        {
-            "instruction": " ".join(rng.choices(words, k=rng.randint(5, 30))),
-            "input": " ".join(rng.choices(words, k=rng.randint(0, 40))),
-            "output": " ".join(rng.choices(words, k=rng.randint(20, 250))),
-        }
-        for _ in range(2000)
-    ]
 
 
 def write_jsonl(path: Path, n: int, rows: list[dict[str, str]]) -> None:
