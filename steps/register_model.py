@@ -9,6 +9,7 @@ paired comparisons, the lineage, and the MLflow run the model is logged to.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from zenml import get_step_context, step
@@ -83,6 +84,35 @@ def champion_inputs(eval_report: dict, metric: str, fp: str) -> tuple[Scored | N
     return None, _significance((eval_report.get("metrics") or {}).get(metric), "base")
 
 
+@dataclass
+class Gated:
+    """What both registration steps read before deciding: the scores, the run, the eval set."""
+
+    tuned: dict
+    base: dict
+    run_id: str
+    client: Any
+    eval_fp: str
+
+
+def gate_and_run(eval_report: dict, dataset: RecordSet, config: PipelineConfig) -> Gated | dict:
+    """The registry's refusal (a `registration` dict: nothing is registered) or the inputs of a
+    decision; a registration outside an MLflow run is an error, never a silent skip."""
+    from mlflow import MlflowClient
+
+    evaluated = bool(eval_report.get("enabled"))
+    tuned = (eval_report.get("finetuned") or {}) if evaluated else {}
+    base = eval_report.get("base") or {}
+    refusal = registration_refusal(config.registry, tuned, base, evaluated=evaluated)
+    if refusal:
+        log.warning("not registering: %s", refusal)
+        return {"registered": False, "reason": refusal}
+    run = active_run()
+    if run is None:
+        raise TunelineError("registering needs an MLflow run: use a stack with an MLflow experiment tracker")
+    return Gated(tuned, base, run.info.run_id, MlflowClient(), _eval_set(eval_report, dataset, config))
+
+
 def registration_dict(result: Any, champion_alias: str, challenger_alias: str, run_id: str) -> dict:
     """The step's output: `RegistrationResult` plus the keys the run summary reads."""
     d = result.as_dict()
@@ -106,7 +136,6 @@ def register_model(
     config: PipelineConfig,
 ) -> Annotated[dict, "registration"]:
     import mlflow
-    from mlflow import MlflowClient
 
     from tuneline.registry import (
         CONFIG_ARTIFACT,
@@ -122,19 +151,10 @@ def register_model(
     from tuneline.serve.mlflow_model import log_chat_model
 
     reg = config.registry
-    evaluated = bool(eval_report.get("enabled"))
-    tuned = (eval_report.get("finetuned") or {}) if evaluated else {}
-    base = eval_report.get("base") or {}
-    refusal = registration_refusal(reg, tuned, base, evaluated=evaluated)
-    if refusal:
-        log.warning("not registering: %s", refusal)
-        return {"registered": False, "reason": refusal}
-    run = active_run()
-    if run is None:
-        raise TunelineError("registering needs an MLflow run: use a stack with an MLflow experiment tracker")
-    run_id = run.info.run_id
-    client = MlflowClient()
-    fp = _eval_set(eval_report, dataset, config)
+    gated = gate_and_run(eval_report, dataset, config)
+    if isinstance(gated, dict):
+        return gated
+    tuned, base, run_id, client, fp = gated.tuned, gated.base, gated.run_id, gated.client, gated.eval_fp
     weights = weights_sha256(model.path)
     # The same weights (an eval-only change re-ran this step) reuse their version and its files.
     existing = find_version_by_weights(client, reg.model_name, weights)

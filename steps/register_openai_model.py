@@ -14,13 +14,11 @@ from zenml import get_step_context, step
 
 from pipelines.zenml_model import record_registration
 from steps._caching import cache_policy
-from steps._tracking import active_run, log_params
-from steps.register_model import _describe_sources, _eval_set, champion_inputs, registration_dict
+from steps._tracking import log_params
+from steps.register_model import _describe_sources, champion_inputs, gate_and_run, registration_dict
 from tuneline.config import PipelineConfig
 from tuneline.data.records import RecordSet
-from tuneline.errors import TunelineError
 from tuneline.report import stats_params
-from tuneline.tracking import registration_refusal
 
 log = logging.getLogger("tuneline")
 
@@ -30,7 +28,6 @@ def register_openai_model(
     openai_model: dict, eval_report: dict, dataset: RecordSet, config: PipelineConfig
 ) -> Annotated[dict, "registration"]:
     import mlflow
-    from mlflow import MlflowClient
 
     from tuneline.openai_backend.pyfunc import log_openai_model, model_identity, model_info
     from tuneline.registry import (
@@ -46,19 +43,10 @@ def register_openai_model(
     )
 
     reg = config.registry
-    evaluated = bool(eval_report.get("enabled"))
-    tuned = (eval_report.get("finetuned") or {}) if evaluated else {}
-    base = eval_report.get("base") or {}
-    refusal = registration_refusal(reg, tuned, base, evaluated=evaluated)
-    if refusal:
-        log.warning("not registering: %s", refusal)
-        return {"registered": False, "reason": refusal}
-    run = active_run()
-    if run is None:
-        raise TunelineError("registering needs an MLflow run: use a stack with an MLflow experiment tracker")
-    run_id = run.info.run_id
-    client = MlflowClient()
-    fp = _eval_set(eval_report, dataset, config)
+    gated = gate_and_run(eval_report, dataset, config)
+    if isinstance(gated, dict):
+        return gated
+    tuned, base, run_id, client, fp = gated.tuned, gated.base, gated.run_id, gated.client, gated.eval_fp
     model_id = openai_model["fine_tuned_model"]
     identity = model_identity(model_id)
     existing = find_version_by_weights(client, reg.model_name, identity)
